@@ -1,0 +1,599 @@
+//! The sandbox agent: PID 1 inside the sandbox (the envbox binary, run with
+//! the hidden `__agent` subcommand).
+//!
+//! It sets the sandbox up (mounts, pivot_root), reaps every orphan, keeps
+//! the persistent shell, serves commands and resets on a unix socket that
+//! the host bound in the sandbox's state directory, and exits when the
+//! process that created the sandbox dies (unless the sandbox is detached).
+//! Its root is the sandbox, it keeps its capabilities (a reset mounts), it is
+//! not dumpable and it is immune to the OOM killer; what it runs is not.
+
+pub mod proto;
+pub mod setup;
+pub mod shell;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use self::proto::{kind, AgentError, ErrorKind, ExecDone, ExecRequest, Pong, ResetDone};
+use self::setup::HostHandles;
+use self::shell::Shell;
+use crate::config::{Network, Volume};
+use crate::fs::rootfs::OverlaySpec;
+use crate::sys;
+
+/// Fd numbers the agent inherits from the host.
+pub const FD_CONTROL: RawFd = 3;
+/// The listening unix socket of the sandbox (bound by the host).
+pub const FD_LISTEN: RawFd = 4;
+/// The sandbox's lock file, held (shared with the host's create) for the
+/// agent's whole life: "lock held" means "sandbox alive".
+pub const FD_LOCK: RawFd = 5;
+/// A pidfd of the creating process; present unless the sandbox is detached.
+pub const FD_PARENT: RawFd = 6;
+
+/// The hidden subcommand that runs the agent.
+pub const AGENT_SUBCOMMAND: &str = "__agent";
+
+/// Everything the agent needs, sent by the host over the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentConfig {
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub overlays: Vec<OverlaySpec>,
+    pub volumes: Vec<Volume>,
+    pub env: Vec<(String, String)>,
+    pub workdir: String,
+    pub network: Network,
+    /// The memory cgroup file that counts OOM kills, when a memory limit is set.
+    pub oom_events: Option<PathBuf>,
+    /// Name of the first generation's directory under `gen/`.
+    pub generation: String,
+}
+
+/// The agent's answer to the setup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartupReply {
+    pub error: Option<String>,
+}
+
+/// The current shell's pid, so the reaper keeps its exit status.
+static SHELL_PID: AtomicI32 = AtomicI32::new(0);
+/// Exit statuses of reaped shells, by pid.
+static SHELL_EXITS: Mutex<BTreeMap<i32, i32>> = Mutex::new(BTreeMap::new());
+
+fn status_code(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        _ => None,
+    }
+}
+
+fn record_exit(status: WaitStatus) {
+    if let (Some(pid), Some(code)) = (status.pid(), status_code(status)) {
+        if pid.as_raw() == SHELL_PID.load(Ordering::SeqCst) {
+            if let Ok(mut m) = SHELL_EXITS.lock() {
+                m.insert(pid.as_raw(), code);
+            }
+        }
+    }
+}
+
+/// Reaps every exited child without blocking (PID 1's duty: orphans of the
+/// whole sandbox are re-parented to us).
+pub fn reap_all_nonblocking() {
+    while let Ok(status) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+        record_exit(status);
+    }
+}
+
+/// Reaps until no child is left (after `kill(-1, SIGKILL)`).
+fn reap_all_blocking() {
+    while let Ok(status) = waitpid(None::<Pid>, Some(WaitPidFlag::__WALL)) {
+        record_exit(status);
+    }
+}
+
+/// Entry point of `envbox __agent`. Returns the process exit code.
+pub fn main() -> i32 {
+    sys::unblock_all_signals();
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    let Some(control) = sys::take_inherited_fd(FD_CONTROL) else {
+        eprintln!("envbox: `{AGENT_SUBCOMMAND}` is internal: it is the PID 1 of a sandbox and is started by `envbox create`");
+        return 2;
+    };
+    let listen = sys::take_inherited_fd(FD_LISTEN);
+    let lock = sys::take_inherited_fd(FD_LOCK);
+    let parent = sys::take_inherited_fd(FD_PARENT);
+    let mut control = StdUnixStream::from(control);
+    let cfg: AgentConfig = match proto::read_frame(&mut control) {
+        Ok(Some((_, payload))) => match serde_json::from_slice(&payload) {
+            Ok(cfg) => cfg,
+            Err(e) => return startup_failed(&mut control, &format!("bad agent config: {e}")),
+        },
+        // The creator died before sending the config: nothing to do.
+        _ => return 1,
+    };
+    let Some(listen) = listen else { return startup_failed(&mut control, "no listening socket was passed") };
+    // The OOM counter lives in the host's cgroupfs: open it before pivot_root.
+    let oom = cfg.oom_events.as_ref().and_then(|p| File::open(p).ok());
+    let handles = match setup::setup(&cfg) {
+        Ok(h) => h,
+        Err(e) => return startup_failed(&mut control, &crate::error::chain(&e)),
+    };
+    // The shell's pipes register with the runtime's reactor.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return startup_failed(&mut control, &format!("starting the agent's runtime failed: {e}")),
+    };
+    let _guard = rt.enter();
+    let mut manager = Manager::new(cfg, handles, oom);
+    // Start the shell now; it initialises while the host finishes create.
+    if let Err(e) = manager.ensure_shell() {
+        return startup_failed(&mut control, &format!("starting the shell failed: {e}"));
+    }
+    let reply = proto::json(&StartupReply { error: None });
+    if proto::write_frame(&mut control, kind::PONG, &reply).is_err() {
+        return 1;
+    }
+    drop(control);
+    run_event_loop(&rt, manager, listen, lock, parent)
+}
+
+fn startup_failed(control: &mut StdUnixStream, message: &str) -> i32 {
+    let _ = proto::write_frame(control, kind::ERROR, &proto::json(&StartupReply { error: Some(message.to_string()) }));
+    let _ = control.flush();
+    1
+}
+
+fn run_event_loop(rt: &tokio::runtime::Runtime, manager: Manager, listen: OwnedFd, lock: Option<OwnedFd>, parent: Option<OwnedFd>) -> i32 {
+    let local = tokio::task::LocalSet::new();
+    local.block_on(rt, async move {
+        // Held until we exit: the host's "is it alive" test.
+        let _lock = lock;
+        let std_listener = std::os::unix::net::UnixListener::from(listen);
+        if std_listener.set_nonblocking(true).is_err() {
+            return 1;
+        }
+        let Ok(listener) = UnixListener::from_std(std_listener) else { return 1 };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let generation = manager.generation.clone();
+        tokio::task::spawn_local(manager.run(rx));
+        tokio::task::spawn_local(reaper());
+        if let Some(parent) = parent {
+            // The creator's pidfd becomes readable when it exits (kill -9
+            // included): take the sandbox down with it. A plain thread: it
+            // only blocks in poll(2).
+            let _ = std::thread::Builder::new().name("envbox-parent".into()).spawn(move || {
+                let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&parent), nix::poll::PollFlags::POLLIN)];
+                while !matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE), Ok(n) if n > 0) {}
+                // PID 1 exiting takes the whole sandbox down: that is the point.
+                #[allow(clippy::exit)]
+                std::process::exit(0);
+            });
+        }
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::task::spawn_local(serve_connection(stream, tx.clone(), generation.clone()));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+}
+
+/// Reads one frame, collecting the fds that arrive with it (SCM_RIGHTS).
+async fn read_frame_with_fds(stream: &UnixStream, fds: &mut Vec<OwnedFd>) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    async fn fill(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::Result<bool> {
+        let mut got = 0;
+        while got < buf.len() {
+            stream.readable().await?;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
+            match stream.try_io(tokio::io::Interest::READABLE, || sys::recv_with_fds(fd, &mut buf[got..], fds)) {
+                Ok(0) if got == 0 => return Ok(false),
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+    let mut head = [0u8; 5];
+    if !fill(stream, &mut head, fds).await? {
+        return Ok(None);
+    }
+    let (k, len) = proto::parse_header(head)?;
+    let mut payload = vec![0u8; len];
+    if !fill(stream, &mut payload, fds).await? && len > 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(Some((k, payload)))
+}
+
+async fn reaper() {
+    let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) else { return };
+    loop {
+        sig.recv().await;
+        reap_all_nonblocking();
+    }
+}
+
+/// One request for the manager, with the connection's write half to answer
+/// on (handed back when done, so output streams without an extra copy).
+struct Job {
+    kind: u8,
+    payload: Vec<u8>,
+    /// File descriptors that came with the request (a reset's mounts).
+    fds: Vec<OwnedFd>,
+    writer: OwnedWriteHalf,
+    done: oneshot::Sender<OwnedWriteHalf>,
+}
+
+async fn serve_connection(stream: UnixStream, jobs: mpsc::UnboundedSender<Job>, generation: Rc<std::cell::RefCell<String>>) {
+    let (reader, mut writer) = stream.into_split();
+    loop {
+        let mut fds = Vec::new();
+        let (k, payload) = match read_frame_with_fds(reader.as_ref(), &mut fds).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(e) => {
+                let err = AgentError { kind: ErrorKind::BadRequest, message: format!("bad frame: {e}") };
+                let _ = proto::write_frame_async(&mut writer, kind::ERROR, &proto::json(&err)).await;
+                return;
+            }
+        };
+        match k {
+            kind::PING => {
+                let pong = Pong { generation: generation.borrow().clone() };
+                if proto::write_frame_async(&mut writer, kind::PONG, &proto::json(&pong)).await.is_err() {
+                    return;
+                }
+            }
+            kind::EXEC | kind::RESET => {
+                let (done, back) = oneshot::channel();
+                if jobs.send(Job { kind: k, payload, fds, writer, done }).is_err() {
+                    return;
+                }
+                match back.await {
+                    Ok(w) => writer = w,
+                    Err(_) => return,
+                }
+            }
+            other => {
+                let err = AgentError { kind: ErrorKind::BadRequest, message: format!("unknown request kind {other}") };
+                if proto::write_frame_async(&mut writer, kind::ERROR, &proto::json(&err)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How a command's wait ended.
+enum Completion {
+    /// The shell reported the command's exit code.
+    Code(i32),
+    /// The shell is gone (exit, exec, killed) or its signal pipe broke.
+    ShellGone,
+    /// Timed out, or the client went away: the command must stop. Killing
+    /// only its child processes is not enough (in `sleep 9; rm -rf /x` the
+    /// shell would go on with the rest of the list, and a builtin loop has
+    /// no child at all), so the shell goes too and the next command gets a
+    /// fresh one.
+    Killed,
+    /// A reset arrived and preempts the command.
+    Aborted,
+}
+
+/// Owns the shell and the filesystem generation; runs jobs one at a time.
+struct Manager {
+    cfg: AgentConfig,
+    handles: HostHandles,
+    shell: Option<Shell>,
+    generation: Rc<std::cell::RefCell<String>>,
+    pending: VecDeque<Job>,
+    oom: Option<File>,
+}
+
+/// Output accounting for one stream of one command.
+#[derive(Default)]
+struct StreamState {
+    sent: u64,
+    truncated: bool,
+    eof: bool,
+}
+
+impl Manager {
+    fn new(cfg: AgentConfig, handles: HostHandles, oom: Option<File>) -> Self {
+        let generation = Rc::new(std::cell::RefCell::new(cfg.generation.clone()));
+        Manager { cfg, handles, shell: None, generation, pending: VecDeque::new(), oom }
+    }
+
+    fn ensure_shell(&mut self) -> std::io::Result<()> {
+        if self.shell.is_none() {
+            let sh = shell::spawn(&shell::ShellSpec { env: &self.cfg.env, workdir: &self.cfg.workdir })?;
+            SHELL_PID.store(sh.pid, Ordering::SeqCst);
+            self.shell = Some(sh);
+        }
+        Ok(())
+    }
+
+    fn oom_kills(&mut self) -> Option<u64> {
+        let f = self.oom.as_mut()?;
+        let mut text = String::new();
+        f.rewind().ok()?;
+        f.read_to_string(&mut text).ok()?;
+        text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
+    }
+
+    async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        loop {
+            let job = match self.pending.pop_front() {
+                Some(j) => j,
+                None => match jobs.recv().await {
+                    Some(j) => j,
+                    None => return,
+                },
+            };
+            let Job { kind: k, payload, fds, mut writer, done } = job;
+            if k == kind::RESET {
+                self.reset(&payload, fds, &mut writer).await;
+            } else {
+                match proto::decode_exec(&payload) {
+                    Ok((req, cmd)) => {
+                        let cmd = cmd.to_vec();
+                        self.exec(req, &cmd, &mut writer, &mut jobs).await;
+                    }
+                    Err(message) => {
+                        let err = AgentError { kind: ErrorKind::BadRequest, message };
+                        let _ = proto::write_frame_async(&mut writer, kind::ERROR, &proto::json(&err)).await;
+                    }
+                }
+            }
+            let _ = done.send(writer);
+        }
+    }
+
+    /// Ends the current shell and returns its exit code.
+    fn finish_shell(&mut self, force: bool) -> i32 {
+        let Some(sh) = self.shell.take() else { return 137 };
+        let pid = Pid::from_raw(sh.pid);
+        let known = SHELL_EXITS.lock().ok().and_then(|mut m| m.remove(&sh.pid));
+        if let Some(code) = known {
+            return code;
+        }
+        if force {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        // Its signal pipe closed, so it is exiting; if it closed the pipe
+        // but lives on, it is broken: kill it rather than wait forever.
+        for _ in 0..200 {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_micros(250)),
+                Ok(status) => return status_code(status).unwrap_or(137),
+                Err(_) => return SHELL_EXITS.lock().ok().and_then(|mut m| m.remove(&sh.pid)).unwrap_or(137),
+            }
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+        waitpid(pid, None).ok().and_then(status_code).unwrap_or(137)
+    }
+
+    async fn send(writer: &mut OwnedWriteHalf, k: u8, payload: &[u8], client_gone: &mut bool) {
+        if !*client_gone && proto::write_frame_async(writer, k, payload).await.is_err() {
+            *client_gone = true;
+        }
+    }
+
+    /// Reads what is available on one output pipe and forwards it.
+    async fn forward(
+        pipe: &tokio::net::unix::pipe::Receiver,
+        k: u8,
+        state: &mut StreamState,
+        cap: u64,
+        writer: &mut OwnedWriteHalf,
+        client_gone: &mut bool,
+        buf: &mut [u8],
+    ) {
+        loop {
+            match pipe.try_read(buf) {
+                Ok(0) => {
+                    state.eof = true;
+                    return;
+                }
+                Ok(n) => {
+                    let room = usize::try_from(cap.saturating_sub(state.sent)).unwrap_or(usize::MAX);
+                    let keep = n.min(room);
+                    if keep < n {
+                        state.truncated = true;
+                    }
+                    if keep > 0 {
+                        state.sent += keep as u64;
+                        Self::send(writer, k, &buf[..keep], client_gone).await;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    state.eof = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn exec(&mut self, req: ExecRequest, cmd: &[u8], writer: &mut OwnedWriteHalf, jobs: &mut mpsc::UnboundedReceiver<Job>) {
+        let start = Instant::now();
+        if let Err(e) = self.ensure_shell() {
+            let err = AgentError { kind: ErrorKind::ShellSpawn, message: format!("starting the shell failed: {e}") };
+            let _ = proto::write_frame_async(writer, kind::ERROR, &proto::json(&err)).await;
+            return;
+        }
+        let oom_before = self.oom_kills();
+        let nonce = shell::new_nonce();
+        let line = shell::command_line(cmd, &nonce);
+        let cap = req.max_output;
+        let mut out = StreamState::default();
+        let mut err = StreamState::default();
+        let mut client_gone = false;
+        let mut timed_out = false;
+        let deadline = req.timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+        let mut buf = vec![0u8; 64 * 1024];
+        let completion = {
+            let Some(sh) = self.shell.as_mut() else { return };
+            use tokio::io::AsyncWriteExt;
+            if sh.stdin.write_all(&line).await.is_err() {
+                Completion::ShellGone
+            } else {
+                loop {
+                    if client_gone {
+                        break Completion::Killed;
+                    }
+                    tokio::select! {
+                        biased;
+                        r = sh.signal.readable() => {
+                            if r.is_err() { break Completion::ShellGone; }
+                            match sh.read_signal() {
+                                Ok(true) => {
+                                    if let Some(code) = shell::take_completion(&mut sh.signal_buf, &nonce) {
+                                        break Completion::Code(code);
+                                    }
+                                }
+                                _ => break Completion::ShellGone,
+                            }
+                        }
+                        r = sh.stdout.readable(), if !out.eof => {
+                            if r.is_err() { out.eof = true; continue; }
+                            Self::forward(&sh.stdout, kind::STDOUT, &mut out, cap, writer, &mut client_gone, &mut buf).await;
+                        }
+                        r = sh.stderr.readable(), if !err.eof => {
+                            if r.is_err() { err.eof = true; continue; }
+                            Self::forward(&sh.stderr, kind::STDERR, &mut err, cap, writer, &mut client_gone, &mut buf).await;
+                        }
+                        _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                            timed_out = true;
+                            break Completion::Killed;
+                        }
+                        job = jobs.recv() => match job {
+                            Some(j) if j.kind == kind::RESET => {
+                                self.pending.push_front(j);
+                                break Completion::Aborted;
+                            }
+                            Some(j) => self.pending.push_back(j),
+                            None => {}
+                        },
+                    }
+                }
+            }
+        };
+        // Whatever the command wrote before it finished is in the pipes now.
+        if let Some(sh) = self.shell.as_ref() {
+            if !out.eof {
+                Self::forward(&sh.stdout, kind::STDOUT, &mut out, cap, writer, &mut client_gone, &mut buf).await;
+            }
+            if !err.eof {
+                Self::forward(&sh.stderr, kind::STDERR, &mut err, cap, writer, &mut client_gone, &mut buf).await;
+            }
+        }
+        let (exit_code, shell_restarted) = match completion {
+            Completion::Code(code) => (code, false),
+            Completion::ShellGone => (self.finish_shell(false), true),
+            Completion::Killed => {
+                // Everything but us, the shell included, in one sweep.
+                shell::kill_others(None);
+                (self.finish_shell(true), true)
+            }
+            Completion::Aborted => {
+                let err =
+                    AgentError { kind: ErrorKind::AbortedByReset, message: "the command was aborted by a reset of the sandbox".into() };
+                Self::send(writer, kind::ERROR, &proto::json(&err), &mut client_gone).await;
+                return;
+            }
+        };
+        let oom_killed = match (oom_before, self.oom_kills()) {
+            (Some(a), Some(b)) => b > a,
+            _ => false,
+        };
+        let done = ExecDone {
+            exit_code,
+            timed_out,
+            oom_killed,
+            stdout_truncated: out.truncated,
+            stderr_truncated: err.truncated,
+            shell_restarted,
+            duration_us: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+        };
+        Self::send(writer, kind::DONE, &proto::json(&done), &mut client_gone).await;
+    }
+
+    async fn reset(&mut self, payload: &[u8], mounts: Vec<OwnedFd>, writer: &mut OwnedWriteHalf) {
+        let start = Instant::now();
+        let req: proto::ResetRequest = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let err = AgentError { kind: ErrorKind::BadRequest, message: format!("bad reset request: {e}") };
+                let _ = proto::write_frame_async(writer, kind::ERROR, &proto::json(&err)).await;
+                return;
+            }
+        };
+        let new = req.generation;
+        if new.is_empty() || !new.bytes().all(|b| b.is_ascii_alphanumeric()) || mounts.len() != self.cfg.overlays.len() {
+            let err = AgentError {
+                kind: ErrorKind::BadRequest,
+                message: format!("a reset needs an alphanumeric generation and {} overlay mounts", self.cfg.overlays.len()),
+            };
+            let _ = proto::write_frame_async(writer, kind::ERROR, &proto::json(&err)).await;
+            return;
+        }
+        // Every process but us dies first: nothing may hold the old layers
+        // or write into them while they are swapped (SECURITY.md S9).
+        self.shell = None;
+        sys::kill_all_but_self();
+        reap_all_blocking();
+        let old = self.generation.borrow().clone();
+        if let Err(e) = setup::reset(&self.cfg, &self.handles, &new, &mounts) {
+            let err = AgentError { kind: ErrorKind::ResetFailed, message: crate::error::chain(&e) };
+            let _ = proto::write_frame_async(writer, kind::ERROR, &proto::json(&err)).await;
+            // A half-swapped root is not a sandbox anyone should use: exit,
+            // which takes every process down; the host reports it dead.
+            #[allow(clippy::exit)]
+            std::process::exit(1);
+        }
+        drop(mounts);
+        *self.generation.borrow_mut() = new.clone();
+        let spawned = self.ensure_shell();
+        // The old upper layer can be huge; delete it off the hot path.
+        let old_dir = setup::gen_dir(&self.handles, &old);
+        let _ = std::thread::Builder::new().name("envbox-gc".into()).spawn(move || {
+            let _ = std::fs::remove_dir_all(old_dir);
+        });
+        if let Err(e) = spawned {
+            let err = AgentError { kind: ErrorKind::ShellSpawn, message: format!("starting the shell after reset failed: {e}") };
+            let _ = proto::write_frame_async(writer, kind::ERROR, &proto::json(&err)).await;
+            return;
+        }
+        let done = ResetDone { duration_us: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX), generation: new };
+        let _ = proto::write_frame_async(writer, kind::RESET_DONE, &proto::json(&done)).await;
+    }
+}

@@ -1,0 +1,249 @@
+//! The persistent shell and its signal-pipe protocol.
+//!
+//! The shell reads commands on stdin; each command is sent as one line
+//!
+//! ```text
+//! { eval '<command, single-quoted>'; } </dev/null 3>&-; command printf '%s %d\n' <nonce> "$?" >&3
+//! ```
+//!
+//! - the command runs in the shell itself (`eval`), so `cd` and `export`
+//!   persist; quoting is ours, so the line always parses, and a syntax error
+//!   in the command is an error of `eval` (exit 2), never a hang;
+//! - its stdin is /dev/null: it cannot read later commands (SECURITY.md S7);
+//! - fd 3, the signal pipe, is closed for the command and close-on-exec in
+//!   the shell, so no child process can write to it (S6);
+//! - the completion record carries a fresh random nonce that appears in no
+//!   argv and no environment; any other text on fd 3 is ignored, and output
+//!   on stdout/stderr is never taken for completion.
+//!
+//! What the protocol does not stop: shell code in the command itself (not a
+//! child process) runs inside the shell, so it could find the saved copy of
+//! fd 3 and the nonce in the shell's memory. That only lets a command lie
+//! about its own completion, which it could do anyway by choosing its exit
+//! status; it cannot reach the host or other commands.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+
+use tokio::net::unix::pipe;
+
+use crate::security;
+
+/// A running shell process and our ends of its pipes.
+pub struct Shell {
+    pub pid: i32,
+    pub stdin: pipe::Sender,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+    pub signal: pipe::Receiver,
+    /// Bytes read from the signal pipe that do not form a full line yet.
+    pub signal_buf: Vec<u8>,
+}
+
+/// How the shell is started.
+pub struct ShellSpec<'a> {
+    pub env: &'a [(String, String)],
+    pub workdir: &'a str,
+}
+
+/// The default PATH of the shell.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io::Error::from_raw_os_error(e as i32))
+}
+
+/// Picks bash when the image has it, else sh.
+fn shell_program() -> (&'static str, &'static [&'static str]) {
+    if std::fs::metadata("/bin/bash").is_ok() {
+        ("/bin/bash", &["--noprofile", "--norc"])
+    } else {
+        ("/bin/sh", &[])
+    }
+}
+
+/// Starts a shell with reduced privileges in its own session.
+pub fn spawn(spec: &ShellSpec<'_>) -> io::Result<Shell> {
+    let (stdin_r, stdin_w) = pipe_pair()?;
+    let (stdout_r, stdout_w) = pipe_pair()?;
+    let (stderr_r, stderr_w) = pipe_pair()?;
+    let (signal_r, signal_w) = pipe_pair()?;
+    let (program, args) = shell_program();
+    let mut cmd = Command::new(program);
+    cmd.args(args).env_clear().env("PATH", DEFAULT_PATH).env("HOME", "/root");
+    for (k, v) in spec.env {
+        cmd.env(k, v);
+    }
+    let workdir = if std::fs::metadata(spec.workdir).map(|m| m.is_dir()).unwrap_or(false) { spec.workdir } else { "/" };
+    cmd.current_dir(workdir).stdin(Stdio::from(stdin_r)).stdout(Stdio::from(stdout_w)).stderr(Stdio::from(stderr_w));
+    let signal_fd = signal_w.as_raw_fd();
+    let hook = move || -> io::Result<()> {
+        crate::sys::dup2_inheritable(signal_fd, 3)?;
+        nix::unistd::setsid().map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        // The agent protects itself from the OOM killer; its children must
+        // not inherit that, or an OOM would pick nothing killable.
+        std::fs::write("/proc/self/oom_score_adj", "0")?;
+        security::drop_privileges().map_err(io::Error::other)?;
+        Ok(())
+    };
+    crate::sys::set_pre_exec(&mut cmd, hook);
+    let child = cmd.spawn()?;
+    drop(signal_w);
+    // The std Child handle is not used to wait: the agent, as PID 1, reaps
+    // every process itself (waitpid(-1)).
+    let pid = i32::try_from(child.id()).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    Ok(Shell {
+        pid,
+        stdin: pipe::Sender::from_owned_fd(stdin_w)?,
+        stdout: pipe::Receiver::from_owned_fd(stdout_r)?,
+        stderr: pipe::Receiver::from_owned_fd(stderr_r)?,
+        signal: pipe::Receiver::from_owned_fd(signal_r)?,
+        signal_buf: Vec::new(),
+    })
+}
+
+/// Single-quotes `cmd` for the shell: `'` becomes `'\''`. Any byte string
+/// without NUL survives this exactly, newlines included.
+pub fn quote(cmd: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(cmd.len() + 16);
+    out.push(b'\'');
+    for &b in cmd {
+        if b == b'\'' {
+            out.extend_from_slice(b"'\\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
+    out
+}
+
+/// The line that runs `cmd` and reports `nonce exit_code` on fd 3.
+pub fn command_line(cmd: &[u8], nonce: &str) -> Vec<u8> {
+    let mut line = b"{ eval ".to_vec();
+    line.extend_from_slice(&quote(cmd));
+    line.extend_from_slice(b"; } </dev/null 3>&-; command printf '%s %d\\n' ");
+    line.extend_from_slice(nonce.as_bytes());
+    // The blank line after the record is deliberate: after a syntax error
+    // inside eval, bash (5.2) swallows the next line it reads; without a
+    // spare one it would eat the next command.
+    line.extend_from_slice(b" \"$?\" >&3\n\n");
+    line
+}
+
+/// A fresh 128-bit nonce, hex encoded.
+pub fn new_nonce() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::getrandom(&mut b).is_err() {
+        // getrandom cannot fail on Linux ≥ 3.17 once the pool is ready; fall
+        // back to something unique per command rather than panicking.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        b = t.to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Looks for `nonce <code>` among the complete lines in `buf`; consumes
+/// every complete line (forged or stale records are dropped).
+pub fn take_completion(buf: &mut Vec<u8>, nonce: &str) -> Option<i32> {
+    let mut found = None;
+    while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=pos).collect();
+        let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+        if let Some((n, code)) = line.split_once(' ') {
+            if n == nonce {
+                if let Ok(code) = code.trim().parse::<i32>() {
+                    found = Some(code);
+                }
+            }
+        }
+    }
+    // A runaway writer cannot grow the buffer without bound.
+    if buf.len() > 4096 {
+        buf.clear();
+    }
+    found
+}
+
+/// The process ids in this PID namespace other than ours and `keep`.
+pub fn other_pids(keep: Option<i32>) -> Vec<i32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|&p| u32::try_from(p).ok() != Some(me) && Some(p) != keep)
+        .collect()
+}
+
+/// SIGKILLs every process in the sandbox except the agent and `keep` (the
+/// shell), repeating until none is left so that forking children cannot
+/// outrun it. Bounded.
+pub fn kill_others(keep: Option<i32>) {
+    for _ in 0..100 {
+        let victims = other_pids(keep);
+        if victims.is_empty() {
+            return;
+        }
+        for p in victims {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+        }
+        crate::agent::reap_all_nonblocking();
+    }
+}
+
+impl Shell {
+    /// Reads what is available on the signal pipe; `Ok(false)` on EOF.
+    pub fn read_signal(&mut self) -> io::Result<bool> {
+        let mut buf = [0u8; 512];
+        loop {
+            match self.signal.try_read(&mut buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => self.signal_buf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The raw fd numbers, for diagnostics.
+    pub fn fds(&self) -> [i32; 4] {
+        [self.stdin.as_fd().as_raw_fd(), self.stdout.as_fd().as_raw_fd(), self.stderr.as_fd().as_raw_fd(), self.signal.as_fd().as_raw_fd()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_quotes_newlines_and_binary() {
+        assert_eq!(quote(b"it's"), b"'it'\\''s'".to_vec());
+        assert_eq!(quote(b""), b"''".to_vec());
+        let line = command_line(b"echo 'a'\nfalse", "n1");
+        let s = String::from_utf8(line).unwrap();
+        assert!(s.starts_with("{ eval 'echo '\\''a'\\''\nfalse'; }"));
+        assert!(s.ends_with(" n1 \"$?\" >&3\n"));
+    }
+
+    #[test]
+    fn completion_requires_the_nonce() {
+        let mut buf = b"forged 0\nabc 3\npartial".to_vec();
+        assert_eq!(take_completion(&mut buf, "abc"), Some(3));
+        assert_eq!(buf, b"partial");
+        let mut buf = b"xyz 0\n".to_vec();
+        assert_eq!(take_completion(&mut buf, "abc"), None);
+        assert!(buf.is_empty());
+        let mut buf = vec![b'x'; 10_000];
+        assert_eq!(take_completion(&mut buf, "abc"), None);
+        assert!(buf.is_empty(), "an endless line must not grow the buffer");
+    }
+
+    #[test]
+    fn nonces_are_fresh() {
+        let a = new_nonce();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, new_nonce());
+    }
+}

@@ -1,0 +1,60 @@
+//! `envbox create NAME [options]`
+
+use std::path::{Path, PathBuf};
+
+use envbox::config::{self, Image, Limits, Network, SandboxConfig, Volume};
+use envbox::{Result, Sandbox};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Sandbox name: [A-Za-z0-9][A-Za-z0-9_.-]{0,63}.
+    name: String,
+    /// Root filesystem directory; default: the host's system directories, read-only.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Working directory inside the sandbox (created if missing).
+    #[arg(long, default_value = "/")]
+    workdir: String,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", value_parser = config::parse_env)]
+    env: Vec<(String, String)>,
+    /// Bind mount HOST:CONTAINER[:ro] (repeatable).
+    #[arg(long = "volume", short = 'v')]
+    volumes: Vec<Volume>,
+    /// Memory limit, e.g. 512m or 2g.
+    #[arg(long, value_parser = config::parse_size)]
+    memory: Option<u64>,
+    /// CPU limit in CPUs, e.g. 0.5.
+    #[arg(long, value_parser = config::parse_cpus)]
+    cpus: Option<u64>,
+    /// Maximum number of processes.
+    #[arg(long, value_parser = config::parse_pids)]
+    pids: Option<u64>,
+    /// Network: none (loopback only) or host.
+    #[arg(long, default_value = "none")]
+    net: Network,
+    /// Print {"name","pid"} as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(root: &Path, a: Args) -> Result<i32> {
+    let cfg = SandboxConfig {
+        image: a.image.map(|p| Image::Dir(config::absolute(&p))).unwrap_or(Image::Host),
+        workdir: a.workdir,
+        env: a.env,
+        volumes: a.volumes,
+        limits: Limits { memory_bytes: a.memory, cpu_millis: a.cpus, pids: a.pids },
+        network: a.net,
+        root: root.to_path_buf(),
+        detached: true,
+        agent: None,
+    };
+    let sb = Sandbox::create(&cfg, &a.name)?;
+    if a.json {
+        super::print_json(&serde_json::json!({ "name": sb.name(), "pid": sb.pid() }));
+    } else {
+        println!("{}", sb.name());
+    }
+    Ok(0)
+}

@@ -1,0 +1,86 @@
+//! The `envbox` command line: one module per subcommand. Plain output for
+//! people, `--json` for programs; every failure is one clear line on stderr
+//! and a non-zero exit.
+
+mod bench;
+mod cp;
+mod create;
+mod exec;
+mod gc;
+mod ps;
+mod reset;
+mod rm;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for a failure of envbox itself (not of a command in a sandbox).
+pub const EXIT_FAILURE: i32 = 125;
+
+#[derive(Parser)]
+#[command(name = "envbox", version, about = "Millisecond Linux sandboxes for RL and agent-evaluation environments")]
+struct Cli {
+    /// State root (sandboxes, sockets, upper layers).
+    #[arg(long, global = true, env = "ENVBOX_ROOT", default_value = envbox::config::DEFAULT_ROOT)]
+    root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a sandbox (detached: it lives until `envbox rm`).
+    Create(create::Args),
+    /// Run a shell command in a sandbox's persistent shell.
+    Exec(exec::Args),
+    /// Copy files between the host and a sandbox (NAME:/path on one side).
+    Cp(cp::Args),
+    /// Throw away every filesystem change of a sandbox and restart its shell.
+    Reset(reset::Args),
+    /// Delete a sandbox: processes, mounts, cgroups, directories.
+    Rm(rm::Args),
+    /// List sandboxes.
+    Ps(ps::Args),
+    /// Measure create, exec, reset and delete latencies and throughput.
+    Bench(bench::Args),
+    /// Remove what crashed sandboxes left behind (also done at every start).
+    Gc(gc::Args),
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let root = envbox::config::absolute(&cli.root);
+    if let Err(e) = envbox::sandbox::require_root() {
+        eprintln!("envbox: {e}");
+        return EXIT_FAILURE;
+    }
+    // Every start collects the garbage of crashed sandboxes first.
+    if !matches!(cli.command, Command::Gc(_)) && root.exists() {
+        if let Err(e) = envbox::collect_garbage(&root) {
+            eprintln!("envbox: warning: garbage collection: {}", envbox::error::chain(&e));
+        }
+    }
+    let result = match cli.command {
+        Command::Create(a) => create::run(&root, a),
+        Command::Exec(a) => exec::run(&root, a),
+        Command::Cp(a) => cp::run(&root, a),
+        Command::Reset(a) => reset::run(&root, a),
+        Command::Rm(a) => rm::run(&root, a),
+        Command::Ps(a) => ps::run(&root, a),
+        Command::Bench(a) => bench::run(&root, a),
+        Command::Gc(a) => gc::run(&root, a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("envbox: {}", envbox::error::chain(&e));
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// Prints a value as one line of JSON.
+pub fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string(v).unwrap_or_default());
+}

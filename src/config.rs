@@ -1,0 +1,389 @@
+//! `SandboxConfig` and friends: plain serde data, validated with clear errors.
+//!
+//! Nothing here touches the kernel; the sandbox module turns a validated
+//! config into syscalls.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub type Result<T> = std::result::Result<T, ConfigError>;
+
+/// A config value that cannot be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid sandbox name {name:?}: {reason} (use 1-64 characters from [A-Za-z0-9_.-], starting with a letter or digit)")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("invalid size {input:?}: {reason} (examples: 512m, 2g, 1048576)")]
+    InvalidSize { input: String, reason: &'static str },
+    #[error("invalid cpu count {input:?}: {reason} (examples: 0.5, 2)")]
+    InvalidCpus { input: String, reason: &'static str },
+    #[error("invalid pids limit {input:?}: must be a whole number of at least 1")]
+    InvalidPids { input: String },
+    #[error("invalid environment variable {input:?}: expected KEY=VALUE with a non-empty KEY without '=' or NUL")]
+    InvalidEnv { input: String },
+    #[error("invalid volume {input:?}: {reason} (expected HOST:CONTAINER or HOST:CONTAINER:ro, both absolute paths)")]
+    InvalidVolume { input: String, reason: &'static str },
+    #[error("invalid network mode {input:?}: expected none or host")]
+    InvalidNetwork { input: String },
+    #[error("invalid working directory {path:?}: it must be an absolute path inside the sandbox without NUL")]
+    InvalidWorkdir { path: String },
+    #[error("image directory {path} does not exist or is not a directory: pass --image DIR with a root filesystem (it must contain bin/ or usr/), or leave --image out to use the host's system directories")]
+    MissingImage { path: PathBuf },
+    #[error("image directory {path} does not look like a root filesystem (no bin/, usr/ or etc/ in it)")]
+    NotARootfs { path: PathBuf },
+    #[error(
+        "image path {path} contains ':', ',' or a newline, which overlayfs cannot take in a layer path; move or link the image elsewhere"
+    )]
+    UnusableImagePath { path: PathBuf },
+    #[error("volume source {path} does not exist on the host")]
+    MissingVolumeSource { path: PathBuf },
+}
+
+/// What the sandbox's root filesystem is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
+pub enum Image {
+    /// The embedded default: a read-only view of the host's system
+    /// directories (/usr, /bin, /lib*, /etc with secrets masked).
+    Host,
+    /// A root filesystem directory, used read-only as the overlay's lower layer.
+    Dir(PathBuf),
+}
+
+impl Image {
+    /// A short, human-readable description for `envbox ps`.
+    pub fn describe(&self) -> String {
+        match self {
+            Image::Host => "host".to_string(),
+            Image::Dir(p) => p.display().to_string(),
+        }
+    }
+
+    /// Checks that a directory image exists and looks like a root filesystem.
+    pub fn validate(&self) -> Result<()> {
+        let Image::Dir(path) = self else { return Ok(()) };
+        if !path.is_dir() {
+            return Err(ConfigError::MissingImage { path: path.clone() });
+        }
+        // overlayfs separates layers with ':' and options with ','.
+        if path.as_os_str().as_encoded_bytes().iter().any(|b| matches!(b, b':' | b',' | b'\n')) {
+            return Err(ConfigError::UnusableImagePath { path: path.clone() });
+        }
+        if !["bin", "usr", "etc"].iter().any(|d| path.join(d).exists()) {
+            return Err(ConfigError::NotARootfs { path: path.clone() });
+        }
+        Ok(())
+    }
+}
+
+/// Network mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// A private network namespace holding only loopback.
+    #[default]
+    None,
+    /// Share the host's network namespace.
+    Host,
+}
+
+impl std::str::FromStr for Network {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Network::None),
+            "host" => Ok(Network::Host),
+            _ => Err(ConfigError::InvalidNetwork { input: s.to_string() }),
+        }
+    }
+}
+
+/// A host directory or file bind-mounted into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub host: PathBuf,
+    pub container: String,
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for Volume {
+    type Err = ConfigError;
+    /// Parses `HOST:CONTAINER[:ro|:rw]`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |reason| ConfigError::InvalidVolume { input: s.to_string(), reason };
+        let parts: Vec<&str> = s.split(':').collect();
+        let (host, container, read_only) = match parts.as_slice() {
+            [h, c] => (*h, *c, false),
+            [h, c, "ro"] => (*h, *c, true),
+            [h, c, "rw"] => (*h, *c, false),
+            [_, _, _] => return Err(bad("the mode must be ro or rw")),
+            _ => return Err(bad("wrong number of ':'-separated fields")),
+        };
+        if !host.starts_with('/') || !container.starts_with('/') {
+            return Err(bad("paths must be absolute"));
+        }
+        if s.contains('\0') {
+            return Err(bad("paths must not contain NUL"));
+        }
+        Ok(Volume { host: PathBuf::from(host), container: container.to_string(), read_only })
+    }
+}
+
+/// Resource limits, enforced with cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory limit in bytes (swap is not allowed on top).
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in thousandths of a CPU (500 = half a CPU).
+    pub cpu_millis: Option<u64>,
+    /// Maximum number of processes and threads.
+    pub pids: Option<u64>,
+}
+
+/// Everything needed to create a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxConfig {
+    pub image: Image,
+    /// Working directory inside the sandbox; created when missing.
+    pub workdir: String,
+    /// Extra environment variables for the shell (on top of PATH, HOME, TERM).
+    pub env: Vec<(String, String)>,
+    pub volumes: Vec<Volume>,
+    pub limits: Limits,
+    pub network: Network,
+    /// The state root (default /run/envbox, or `ENVBOX_ROOT`).
+    pub root: PathBuf,
+    /// When false (the library default), the sandbox dies with the process
+    /// that created it, even on kill -9. The CLI creates detached sandboxes.
+    pub detached: bool,
+    /// The envbox binary that runs as the sandbox's PID 1. `None`: found
+    /// automatically (see `agent_binary`).
+    pub agent: Option<PathBuf>,
+}
+
+/// Default state root.
+pub const DEFAULT_ROOT: &str = "/run/envbox";
+
+/// The state root from `ENVBOX_ROOT`, else [`DEFAULT_ROOT`].
+pub fn default_root() -> PathBuf {
+    std::env::var_os("ENVBOX_ROOT").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            image: Image::Host,
+            workdir: "/".to_string(),
+            env: Vec::new(),
+            volumes: Vec::new(),
+            limits: Limits::default(),
+            network: Network::None,
+            root: default_root(),
+            detached: false,
+            agent: None,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// A config for a root filesystem directory.
+    pub fn with_image_dir(dir: impl Into<PathBuf>) -> Self {
+        SandboxConfig { image: Image::Dir(dir.into()), ..Default::default() }
+    }
+
+    /// Checks everything that can be checked without creating anything.
+    pub fn validate(&self) -> Result<()> {
+        self.image.validate()?;
+        if !self.workdir.starts_with('/') || self.workdir.contains('\0') {
+            return Err(ConfigError::InvalidWorkdir { path: self.workdir.clone() });
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(ConfigError::InvalidEnv { input: format!("{k}={v}") });
+            }
+        }
+        for v in &self.volumes {
+            if !v.host.exists() {
+                return Err(ConfigError::MissingVolumeSource { path: v.host.clone() });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Validates a sandbox name: it becomes a directory, a cgroup and a hostname.
+pub fn validate_name(name: &str) -> Result<()> {
+    let bad = |reason| Err(ConfigError::InvalidName { name: name.to_string(), reason });
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > 64 {
+        return bad("it is longer than 64 characters");
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return bad("it must start with a letter or digit");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-') {
+        return bad("it contains a character outside [A-Za-z0-9_.-]");
+    }
+    Ok(())
+}
+
+/// Parses a size such as `512m`, `2G`, `1.5g`, `64k` or `1048576` (bytes).
+pub fn parse_size(input: &str) -> Result<u64> {
+    let bad = |reason| ConfigError::InvalidSize { input: input.to_string(), reason };
+    let s = input.trim().to_ascii_lowercase();
+    let s = s.strip_suffix("ib").or_else(|| s.strip_suffix('b')).unwrap_or(&s);
+    let (num, mult) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1 << 30),
+        Some('t') => (&s[..s.len() - 1], 1 << 40),
+        Some(c) if c.is_ascii_digit() => (s, 1),
+        _ => return Err(bad("unknown unit (use k, m, g or t)")),
+    };
+    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(bad("not a number"));
+    }
+    let bytes = if let Ok(n) = num.parse::<u64>() {
+        n.checked_mul(mult).ok_or_else(|| bad("too large"))?
+    } else {
+        let f: f64 = num.parse().map_err(|_| bad("not a number"))?;
+        let b = (f * mult as f64).round();
+        if !(0.0..1.8e19).contains(&b) {
+            return Err(bad("too large"));
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let b = b as u64;
+        b
+    };
+    if bytes < 1 << 20 {
+        return Err(bad("must be at least 1m"));
+    }
+    Ok(bytes)
+}
+
+/// Parses a CPU count such as `0.5` or `2` into thousandths of a CPU.
+pub fn parse_cpus(input: &str) -> Result<u64> {
+    let bad = |reason| ConfigError::InvalidCpus { input: input.to_string(), reason };
+    let f: f64 = input.trim().parse().map_err(|_| bad("not a number"))?;
+    if !f.is_finite() || f < 0.01 {
+        return Err(bad("must be at least 0.01"));
+    }
+    if f > 4096.0 {
+        return Err(bad("too large"));
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let millis = (f * 1000.0).round() as u64;
+    Ok(millis)
+}
+
+/// Parses a pids limit.
+pub fn parse_pids(input: &str) -> Result<u64> {
+    match input.trim().parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(ConfigError::InvalidPids { input: input.to_string() }),
+    }
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_env(input: &str) -> Result<(String, String)> {
+    match input.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => Ok((k.to_string(), v.to_string())),
+        _ => Err(ConfigError::InvalidEnv { input: input.to_string() }),
+    }
+}
+
+/// Options for one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Kill the command's processes after this long and return `Error::Timeout`.
+    pub timeout: Option<Duration>,
+    /// Keep at most this many bytes of each of stdout and stderr; the rest is
+    /// drained and dropped, and the output is marked truncated.
+    pub max_output: u64,
+}
+
+/// Default cap on each output stream of one command.
+pub const DEFAULT_MAX_OUTPUT: u64 = 256 << 20;
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { timeout: None, max_output: DEFAULT_MAX_OUTPUT }
+    }
+}
+
+/// Makes a path absolute against the current directory without touching
+/// the filesystem (for `--image` and `--root` given relatively).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_reject_garbage() {
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        for bad in ["", "m", "12x", "-5m", "1k", "abc", "1.2.3g", "99999999999999t"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
+        }
+        let msg = parse_size("12x").unwrap_err().to_string();
+        assert!(msg.contains("12x") && msg.contains("512m"), "{msg}");
+    }
+
+    #[test]
+    fn cpus_and_pids_parse() {
+        assert_eq!(parse_cpus("0.5").unwrap(), 500);
+        assert_eq!(parse_cpus("2").unwrap(), 2000);
+        assert!(parse_cpus("0").is_err());
+        assert!(parse_cpus("NaN").is_err());
+        assert!(parse_cpus("x").is_err());
+        assert_eq!(parse_pids("256").unwrap(), 256);
+        assert!(parse_pids("0").is_err());
+        assert!(parse_pids("-1").is_err());
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["a", "demo", "worker-0", "A.b_c-9", &"x".repeat(64)] {
+            validate_name(good).unwrap();
+        }
+        for bad in ["", ".", "..", "-x", "a/b", "../x", "é", "a b", &"x".repeat(65), "a\0b"] {
+            assert!(validate_name(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn volumes_parse() {
+        let v: Volume = "/data:/mnt/data:ro".parse().unwrap();
+        assert_eq!(v, Volume { host: "/data".into(), container: "/mnt/data".into(), read_only: true });
+        let v: Volume = "/data:/d".parse().unwrap();
+        assert!(!v.read_only);
+        for bad in ["/data", "data:/d", "/data:d", "/a:/b:rx", "/a:/b:ro:x"] {
+            assert!(bad.parse::<Volume>().is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn env_parses() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert_eq!(parse_env("A=").unwrap(), ("A".into(), "".into()));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("noequals").is_err());
+    }
+
+    #[test]
+    fn missing_image_is_a_clear_error() {
+        let cfg = SandboxConfig::with_image_dir("/nonexistent/rootfs");
+        let msg = cfg.validate().unwrap_err().to_string();
+        assert!(msg.contains("/nonexistent/rootfs") && msg.contains("does not exist"), "{msg}");
+    }
+}

@@ -1,0 +1,57 @@
+//! overlayfs: the image's read-only layers below, the sandbox's upper above.
+
+use nix::mount::{mount, MsFlags};
+
+use super::{io_err, FsError, Result};
+
+/// Largest option string the kernel accepts (one page).
+const MAX_OPTIONS: usize = 4095;
+
+/// Builds the option string. `lowers` are top-most first, as overlayfs wants.
+pub fn options(lowers: &[String], upper: &str, work: &str) -> Result<String> {
+    // `volatile`: no syncfs of the upper layer; an upper layer is never
+    // reused after a crash (reset and gc throw it away), so durability buys
+    // nothing and fsync-heavy workloads would pay for it.
+    let opts = format!("lowerdir={},upperdir={upper},workdir={work},volatile", lowers.join(":"));
+    if opts.len() > MAX_OPTIONS {
+        return Err(FsError::OverlayOptionsTooLong { len: opts.len() });
+    }
+    Ok(opts)
+}
+
+/// Mounts an overlay at `target`: nosuid and nodev, so neither setuid binaries
+/// nor device nodes smuggled in by an image have any power.
+pub fn mount_overlay(target: &str, lowers: &[String], upper: &str, work: &str) -> Result<()> {
+    let opts = options(lowers, upper, work)?;
+    mount(Some("overlay"), target, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str()))
+        .map_err(|e| FsError::Mount { fstype: "overlay".into(), target: target.into(), options: opts.clone(), source: io_err(e) })
+}
+
+/// Builds the same overlay as a detached mount (new mount API) and returns
+/// its fd, for another process to attach in another mount namespace. The
+/// layer paths are resolved here, in the caller's namespace.
+pub fn detached_overlay(lowers: &[String], upper: &str, work: &str) -> Result<std::os::fd::OwnedFd> {
+    use crate::sys::newmount;
+    let opts = options(lowers, upper, work)?;
+    let err = |source| FsError::Mount { fstype: "overlay".into(), target: "(detached)".into(), options: opts.clone(), source };
+    let ctx = newmount::fsopen("overlay").map_err(err)?;
+    let ctx_fd = std::os::fd::AsFd::as_fd(&ctx);
+    newmount::set_string(ctx_fd, "lowerdir", &lowers.join(":")).map_err(err)?;
+    newmount::set_string(ctx_fd, "upperdir", upper).map_err(err)?;
+    newmount::set_string(ctx_fd, "workdir", work).map_err(err)?;
+    newmount::set_flag(ctx_fd, "volatile").map_err(err)?;
+    newmount::create_and_mount(ctx_fd).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_list_lowers_top_first_and_are_bounded() {
+        let o = options(&["/a".into(), "/b".into()], "/u", "/w").unwrap();
+        assert_eq!(o, "lowerdir=/a:/b,upperdir=/u,workdir=/w,volatile");
+        let many: Vec<String> = (0..500).map(|i| format!("/proc/self/fd/{i}")).collect();
+        assert!(matches!(options(&many, "/u", "/w"), Err(FsError::OverlayOptionsTooLong { .. })));
+    }
+}

@@ -1,0 +1,289 @@
+//! Creating a sandbox, one straight-line sequence. Every resource is owned by
+//! the `Undo` guard until the sandbox is complete, so a failure at any step
+//! leaves nothing behind (and a crash leaves only what the garbage collector
+//! recognises as dead).
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::state::{self, Phase, State, LOG_FILE, SOCKET_FILE};
+use super::{cgroup_layout, reclaim, require_root, root_tag, Sandbox, CGROUP_PARENT};
+use crate::agent::{self, proto, AgentConfig, StartupReply};
+use crate::cgroup::{self, Cgroup};
+use crate::config::{validate_name, Network, SandboxConfig};
+use crate::error::{Error, Result};
+use crate::fs::rootfs;
+use crate::sys;
+
+/// How long the agent may take to set the sandbox up.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Set by the envbox CLI's `main`: the running executable can be the agent.
+pub static CURRENT_EXE_IS_ENVBOX: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Finds the envbox binary that runs as the sandbox's PID 1.
+pub(crate) fn agent_binary(config: &SandboxConfig) -> Result<PathBuf> {
+    if let Some(p) = &config.agent {
+        return Ok(p.clone());
+    }
+    if let Some(p) = std::env::var_os("ENVBOX_AGENT").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok();
+    if CURRENT_EXE_IS_ENVBOX.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(exe) = exe {
+            return Ok(exe);
+        }
+    }
+    // A program embedding the library: look beside it (cargo puts tests in
+    // target/*/deps and examples in target/*/examples), then in PATH.
+    let mut candidates = Vec::new();
+    if let Some(dir) = exe.as_deref().and_then(Path::parent) {
+        candidates.push(dir.join("envbox"));
+        if let Some(up) = dir.parent() {
+            candidates.push(up.join("envbox"));
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("envbox")));
+    }
+    candidates.into_iter().find(|c| c.is_file()).ok_or_else(|| Error::AgentBinary {
+        hint: "set ENVBOX_AGENT=/path/to/envbox, put envbox in PATH, or set SandboxConfig::agent (build it with `cargo build --release`)"
+            .into(),
+    })
+}
+
+/// What has been made so far; undone on drop unless disarmed.
+struct Undo {
+    root: PathBuf,
+    dir: Option<PathBuf>,
+    cgroup: Option<Cgroup>,
+    agent: Option<(i32, OwnedFd)>,
+}
+
+impl Undo {
+    fn undo(&mut self) -> Result<()> {
+        let mut first_err = None;
+        if let Some((pid, pidfd)) = self.agent.take() {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            if let Err(e) = cg.kill_all().and_then(|()| cg.remove()) {
+                first_err.get_or_insert(Error::from(e));
+            }
+        }
+        if let Some(dir) = self.dir.take() {
+            match state::move_to_trash(&self.root, &dir) {
+                Ok(trash) => {
+                    let _ = std::fs::remove_dir_all(trash);
+                }
+                Err(source) => {
+                    first_err.get_or_insert(Error::Io { step: "removing a half-created sandbox", name: String::new(), source });
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        let _ = self.undo();
+    }
+}
+
+/// Returns `primary`, with the cleanup failure attached if there was one
+/// (STYLE rule 4: a cleanup error never hides the primary error).
+fn fail(undo: &mut Undo, primary: Error) -> Error {
+    match undo.undo() {
+        Ok(()) => primary,
+        Err(cleanup) => Error::WithCleanup { primary: Box::new(primary), cleanup: Box::new(cleanup) },
+    }
+}
+
+/// The state roots whose garbage was collected by this process already.
+static COLLECTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn collect_garbage_once(root: &Path) {
+    let mut done = COLLECTED.lock().unwrap_or_else(|p| p.into_inner());
+    if !done.iter().any(|r| r == root) {
+        done.push(root.to_path_buf());
+        drop(done);
+        let _ = reclaim::collect(root);
+    }
+}
+
+pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
+    require_root()?;
+    validate_name(name)?;
+    config.validate()?;
+    let root = state::ensure_root(&config.root).map_err(|source| Error::StateRoot { path: config.root.clone(), source })?;
+    collect_garbage_once(&root);
+    let agent_path = agent_binary(config)?;
+    let io = |step: &'static str| move |source| Error::Io { step, name: name.to_string(), source };
+
+    // Step 1: claim <root>/<name> with its lock held.
+    let (dir, lock) = state::claim_dir(&root, name)
+        .map_err(|source| Error::StateRoot { path: root.clone(), source })?
+        .ok_or_else(|| Error::AlreadyExists { name: name.to_string() })?;
+    let mut undo = Undo { root: root.clone(), dir: Some(dir.clone()), cgroup: None, agent: None };
+
+    // Step 2: what the root filesystem is made of.
+    let overlays = rootfs::plan(&config.image, &root).map_err(|e| fail(&mut undo, e.into()))?;
+
+    // Step 3: state.json before any kernel object exists, so a crash from
+    // here on leaves something the garbage collector can name.
+    let id = format!("{}-{}-{}", root_tag(&root), name, &agent::shell::new_nonce()[..8]);
+    let mut st = State {
+        name: name.to_string(),
+        id: id.clone(),
+        phase: Phase::Creating,
+        pid: 0,
+        start_time: 0,
+        created: state::now_unix(),
+        config: config.clone(),
+        overlays: overlays.clone(),
+    };
+    st.write(&dir).map_err(|e| fail(&mut undo, io("writing state.json")(e)))?;
+
+    // Step 4: cgroups with the limits.
+    let layout = cgroup_layout().map_err(|e| fail(&mut undo, e))?;
+    let limits =
+        cgroup::Limits { memory_bytes: config.limits.memory_bytes, cpu_millis: config.limits.cpu_millis, pids_max: config.limits.pids };
+    let cg = Cgroup::create(layout, CGROUP_PARENT, &id, &limits).map_err(|e| fail(&mut undo, e.into()))?;
+    let oom_events = config.limits.memory_bytes.and(cg.oom_events_path());
+    undo.cgroup = Some(cg);
+
+    // Step 5: the agent's endpoints: the socket clients connect to (bound
+    // here, so it exists before the agent runs and works whatever network
+    // the sandbox has), a control channel, its log, and /dev/null.
+    let listener = UnixListener::bind(dir.join(SOCKET_FILE)).map_err(|e| fail(&mut undo, io("binding the agent socket")(e)))?;
+    let (mut control, agent_control) = UnixStream::pair().map_err(|e| fail(&mut undo, io("creating the control channel")(e)))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(dir.join(LOG_FILE))
+        .map_err(|e| fail(&mut undo, io("opening the agent log")(e)))?;
+    let devnull = File::open("/dev/null").map_err(|e| fail(&mut undo, io("opening /dev/null")(e)))?;
+    let parent_pidfd = if config.detached {
+        None
+    } else {
+        let me = i32::try_from(std::process::id()).unwrap_or(0);
+        Some(sys::pidfd_open(me).map_err(|e| fail(&mut undo, io("opening a pidfd of this process")(e)))?)
+    };
+
+    // Step 6: start the agent in new namespaces. The cgroup namespace is
+    // not among them: the agent unshares it after joining its cgroups.
+    let mut namespaces = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if config.network == Network::None {
+        namespaces |= libc::CLONE_NEWNET;
+    }
+    let spawn = spawn_agent(&agent_path, namespaces, &devnull, &log, &agent_control, &listener, &lock, parent_pidfd.as_ref())
+        .map_err(|e| fail(&mut undo, io("starting the sandbox agent")(e)))?;
+    let pid = spawn.0;
+    undo.agent = Some(spawn);
+    drop((agent_control, listener, devnull, log, parent_pidfd));
+
+    // Step 7: into the cgroups before it does anything.
+    if let Some(cg) = &undo.cgroup {
+        cg.add_process(pid).map_err(|e| fail(&mut undo, e.into()))?;
+    }
+
+    // Step 8: send the config; the agent mounts, pivots and starts the shell.
+    let agent_cfg = AgentConfig {
+        name: name.to_string(),
+        state_dir: dir.clone(),
+        overlays,
+        volumes: config.volumes.clone(),
+        env: config.env.clone(),
+        workdir: config.workdir.clone(),
+        network: config.network,
+        oom_events,
+        generation: "0".into(),
+    };
+    proto::write_frame(&mut control, proto::kind::EXEC, &proto::json(&agent_cfg))
+        .map_err(|e| fail(&mut undo, io("sending the agent its config")(e)))?;
+    let _ = control.set_read_timeout(Some(SETUP_TIMEOUT));
+    let reply: StartupReply = match proto::read_frame(&mut control) {
+        Ok(Some((_, payload))) => {
+            serde_json::from_slice(&payload).unwrap_or(StartupReply { error: Some("undecodable setup reply".into()) })
+        }
+        Ok(None) => {
+            // The log goes away with the half-created sandbox: quote it.
+            let log = std::fs::read(dir.join(LOG_FILE)).unwrap_or_default();
+            let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(2048)..]).trim().to_string();
+            StartupReply { error: Some(format!("the agent exited during setup: {tail}")) }
+        }
+        Err(e) => StartupReply { error: Some(format!("no answer from the agent during setup: {e}")) },
+    };
+    if let Some(message) = reply.error {
+        return Err(fail(&mut undo, Error::Setup { name: name.to_string(), message }));
+    }
+
+    // Step 9: record it as running.
+    let start_time = state::process_start_time(pid).unwrap_or(0);
+    st.phase = Phase::Running;
+    st.pid = pid;
+    st.start_time = start_time;
+    st.write(&dir).map_err(|e| fail(&mut undo, io("writing state.json")(e)))?;
+
+    // Done: nothing to undo; the agent holds the lock from now on.
+    let (_, pidfd) = undo.agent.take().ok_or_else(|| Error::Dead { name: name.to_string() })?;
+    undo.cgroup = None;
+    undo.dir = None;
+    drop(lock);
+    Ok(Sandbox {
+        name: name.to_string(),
+        root,
+        dir,
+        state: st,
+        pidfd,
+        conn: Mutex::new(None),
+        owned: !config.detached,
+        parent: true,
+        deleted: false,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_agent(
+    agent: &Path,
+    namespaces: libc::c_int,
+    devnull: &File,
+    log: &File,
+    control: &UnixStream,
+    listener: &UnixListener,
+    lock: &File,
+    parent: Option<&OwnedFd>,
+) -> std::io::Result<(i32, OwnedFd)> {
+    // Sources are duplicated above every target first, so the dup2 calls in
+    // the child cannot clobber each other.
+    let high = |fd: std::os::fd::BorrowedFd<'_>| sys::dup_above(fd, 16);
+    let mut keep = vec![
+        (high(devnull.as_fd())?, 0),
+        (high(log.as_fd())?, 1),
+        (high(log.as_fd())?, 2),
+        (high(control.as_fd())?, agent::FD_CONTROL),
+        (high(listener.as_fd())?, agent::FD_LISTEN),
+        (high(lock.as_fd())?, agent::FD_LOCK),
+    ];
+    if let Some(p) = parent {
+        keep.push((high(p.as_fd())?, agent::FD_PARENT));
+    }
+    let spec = sys::SpawnSpec {
+        path: CString::new(agent.as_os_str().as_encoded_bytes()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?,
+        argv: vec![CString::new("envbox").unwrap_or_default(), CString::new(agent::AGENT_SUBCOMMAND).unwrap_or_default()],
+        envp: Vec::new(),
+        fds: keep.iter().map(|(fd, target)| (fd.as_raw_fd(), *target)).collect(),
+        namespaces,
+    };
+    sys::spawn_in_namespaces(&spec)
+}

@@ -1,0 +1,426 @@
+//! The only place in envbox with `unsafe`: thin, documented wrappers over the
+//! syscalls that neither `std` nor `nix` wraps the way we need.
+//!
+//! Every function here does one syscall (or one tightly bound sequence, such as
+//! the clone-then-exec child) and returns `std::io::Result` / `nix::Result`, so
+//! callers name the step that failed in their own error types.
+
+pub mod openat2;
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// What the child of [`spawn_in_namespaces`] does between `clone` and `execve`.
+///
+/// Everything is prepared by the parent (C strings, the fd table), because the
+/// child shares the parent's memory (`CLONE_VM`) and must not allocate.
+pub struct SpawnSpec {
+    /// The executable, as a host path.
+    pub path: CString,
+    /// `argv`, including `argv[0]`.
+    pub argv: Vec<CString>,
+    /// The complete environment of the child.
+    pub envp: Vec<CString>,
+    /// `(source fd, target fd)`: each source is `dup2`ed onto its target.
+    /// Sources must all be above every target (see [`dup_above`]).
+    pub fds: Vec<(RawFd, RawFd)>,
+    /// `CLONE_NEW*` flags.
+    pub namespaces: libc::c_int,
+}
+
+/// Block of memory shared by parent and child across `clone(CLONE_VM)`.
+struct ChildArgs<'a> {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    fds: &'a [(RawFd, RawFd)],
+    /// Set by the child when `execve` (or a `dup2`) fails.
+    errno: AtomicI32,
+}
+
+/// Size of the stack the child runs on until it calls `execve`.
+const CHILD_STACK_SIZE: usize = 64 * 1024;
+
+extern "C" fn spawn_child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points at the `ChildArgs` that `spawn_in_namespaces` keeps
+    // alive on its stack; the parent is suspended (CLONE_VFORK) until this child
+    // has exec'd or exited, so the borrow cannot dangle.
+    let args = unsafe { &*(arg as *const ChildArgs<'_>) };
+    let mut max_target = 2;
+    for &(src, dst) in args.fds {
+        // SAFETY: plain dup2 on fds the parent owns; async-signal-safe.
+        if unsafe { libc::dup2(src, dst) } < 0 {
+            args.errno.store(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EBADF), Ordering::SeqCst);
+            // SAFETY: _exit is async-signal-safe and never returns.
+            unsafe { libc::_exit(127) };
+        }
+        max_target = max_target.max(dst);
+    }
+    // Close every other inherited fd: nothing of the host's leaks into the
+    // sandbox (SECURITY.md L1). The flag is 0, so the close is immediate.
+    // SAFETY: close_range only closes fds of this (child) process.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, max_target + 1, libc::c_uint::MAX, 0);
+    }
+    // SAFETY: the pointers come from CStrings and NULL-terminated pointer
+    // arrays that outlive the child (the parent is suspended until exec).
+    unsafe { libc::execve(args.path, args.argv, args.envp) };
+    args.errno.store(io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOEXEC), Ordering::SeqCst);
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(127) }
+}
+
+/// Starts `spec.path` in new namespaces, like `posix_spawn` with clone flags.
+///
+/// Uses `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | namespaces)`: the child
+/// shares our memory and the calling thread is suspended until it has called
+/// `execve`, so there is no page-table copy of a large parent and no
+/// allocation in the child. Returns the host pid and a pidfd for it.
+pub fn spawn_in_namespaces(spec: &SpawnSpec) -> io::Result<(i32, OwnedFd)> {
+    let argv: Vec<*const libc::c_char> = spec.argv.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const libc::c_char> = spec.envp.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let args = ChildArgs { path: spec.path.as_ptr(), argv: argv.as_ptr(), envp: envp.as_ptr(), fds: &spec.fds, errno: AtomicI32::new(0) };
+    let mut stack = vec![0u8; CHILD_STACK_SIZE];
+    let mut pidfd: libc::c_int = -1;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | spec.namespaces | libc::SIGCHLD;
+
+    // Block all signals so that no handler of ours runs in the child while it
+    // shares our memory; the agent resets its mask right after exec.
+    let mut old_mask = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigfillset initialises `all`; pthread_sigmask writes `old_mask`.
+    unsafe {
+        libc::sigfillset(all.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old_mask.as_mut_ptr());
+    }
+    // SAFETY: the stack pointer is the top of a live, 16-byte aligned buffer
+    // (the stack grows down on every Linux target we build for); `args`
+    // outlives the child because CLONE_VFORK suspends us until it exec'd or
+    // exited; with CLONE_PIDFD the kernel writes the pidfd into `pidfd`.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(CHILD_STACK_SIZE);
+        let top = top.sub(top as usize % 16);
+        libc::clone(spawn_child, top.cast(), flags, std::ptr::addr_of!(args) as *mut libc::c_void, std::ptr::addr_of_mut!(pidfd))
+    };
+    let clone_err = io::Error::last_os_error();
+    // SAFETY: restores the mask saved above.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, old_mask.as_ptr(), std::ptr::null_mut());
+    }
+    drop(stack);
+    if pid < 0 {
+        return Err(clone_err);
+    }
+    // SAFETY: the kernel returned a fresh pidfd that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let errno = args.errno.load(Ordering::SeqCst);
+    if errno != 0 {
+        // The child has already exited; reap it so it leaves no zombie.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        return Err(io::Error::from_raw_os_error(errno));
+    }
+    Ok((pid, pidfd))
+}
+
+/// Duplicates `fd` to a new close-on-exec fd numbered at least `min`.
+pub fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC creates a new fd that we own from here on.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Takes ownership of an fd inherited at a fixed number (the agent's fds 3..).
+///
+/// Returns `None` when nothing is open there.
+pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only queries the fd table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: F_SETFD sets close-on-exec on an fd we are about to own.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: the fd was handed to this process at exec and nothing else
+    // in the process claims it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `pidfd_open(2)`: a stable handle on a process, immune to pid reuse.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel returned a fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `pidfd_send_signal(2)`.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall; a null siginfo means "as if by kill(2)".
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`: marks every fd from `first`
+/// on close-on-exec, so nothing of ours survives the next `execve`.
+pub fn cloexec_from(first: RawFd) {
+    let first = libc::c_uint::try_from(first).unwrap_or(3);
+    // SAFETY: only changes flags in our own fd table.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    }
+}
+
+/// `flock(2)` on an fd.
+pub fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> io::Result<()> {
+    loop {
+        // SAFETY: flock only takes an advisory lock on an fd we borrow.
+        let rc = unsafe { libc::flock(fd.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Brings the loopback interface of the current network namespace up.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket() returns a new fd or -1.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `sock` is a fresh fd that we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = libc::c_char::from_ne_bytes([*src]);
+    }
+    // SAFETY: SIOCGIFFLAGS reads the flags of the interface named in `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the union field was just filled by SIOCGIFFLAGS.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP | libc::IFF_RUNNING).unwrap_or(1);
+    }
+    // SAFETY: SIOCSIFFLAGS sets the flags of the interface named in `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `kill(-1, SIGKILL)` from a PID-namespace init: every other process in the
+/// namespace dies; the caller survives.
+pub fn kill_all_but_self() {
+    // SAFETY: kill with pid -1 and a valid signal number.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+}
+
+/// Clears the signal mask (the spawner blocks all signals across clone).
+pub fn unblock_all_signals() {
+    let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises `empty` before it is used.
+    unsafe {
+        libc::sigemptyset(empty.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+    }
+}
+
+/// Sets `O_NONBLOCK` on an fd.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL only change the file status flags.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A path like `/proc/self/fd/N` that names an open fd; used as a mount
+/// source or target so that the kernel acts on the object we resolved safely,
+/// not on whatever a path string points to later.
+pub fn fd_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// Converts a `&CStr` view; a tiny helper to keep call sites short.
+pub fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Borrow of a C string for APIs that want `&CStr`.
+pub fn as_cstr(s: &CString) -> &CStr {
+    s.as_c_str()
+}
+
+/// `dup2(src, dst)` that leaves `dst` inheritable even when `src == dst`
+/// (where dup2 is a no-op and would keep close-on-exec).
+pub fn dup2_inheritable(src: RawFd, dst: RawFd) -> io::Result<()> {
+    if src == dst {
+        // SAFETY: clears FD_CLOEXEC on an fd we own.
+        if unsafe { libc::fcntl(dst, libc::F_SETFD, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(());
+    }
+    // SAFETY: dup2 on fds owned by this process.
+    if unsafe { libc::dup2(src, dst) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Registers a hook that runs in the child between fork and exec.
+///
+/// The agent is single-threaded when it spawns, so the usual hazards of
+/// running code after fork (locks held by other threads) do not apply; the
+/// hooks we pass only make syscalls and small allocations.
+pub fn set_pre_exec<F>(cmd: &mut std::process::Command, hook: F)
+where
+    F: FnMut() -> io::Result<()> + Send + Sync + 'static,
+{
+    use std::os::unix::process::CommandExt;
+    // SAFETY: see above: the hook runs in a forked child of a
+    // single-threaded process and does not touch shared state.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Takes ownership of a raw fd that a nix call just returned to us.
+pub fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass fds freshly returned by open(2)-like calls, which
+    // nothing else in the process owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// The new mount API (fsopen/fsconfig/fsmount/move_mount): a mount made as
+/// a detached fd in one process and attached by another, in another mount
+/// namespace. A reset needs it: the overlay's layers are host paths, which
+/// only a process in the host's mount namespace can name, while the mount
+/// must land in the sandbox's namespace.
+pub mod newmount {
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
+    const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+    fn cstring(s: &str) -> io::Result<CString> {
+        CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    fn fd_result(rc: libc::c_long) -> io::Result<OwnedFd> {
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = RawFd::try_from(rc).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+        // SAFETY: the kernel returned a fresh fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// `fsopen(fstype)`: a filesystem context to configure.
+    pub fn fsopen(fstype: &str) -> io::Result<OwnedFd> {
+        let name = cstring(fstype)?;
+        // SAFETY: `name` is a valid C string for the duration of the call.
+        fd_result(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) })
+    }
+
+    fn fsconfig(fd: BorrowedFd<'_>, cmd: libc::c_uint, key: Option<&CString>, value: Option<&CString>) -> io::Result<()> {
+        let key = key.map_or(std::ptr::null(), |k| k.as_ptr());
+        let value = value.map_or(std::ptr::null(), |v| v.as_ptr());
+        // SAFETY: key/value are null or valid C strings that outlive the call.
+        let rc = unsafe { libc::syscall(libc::SYS_fsconfig, fd.as_raw_fd(), cmd, key, value, 0) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// `fsconfig(FSCONFIG_SET_STRING, key, value)`.
+    pub fn set_string(fd: BorrowedFd<'_>, key: &str, value: &str) -> io::Result<()> {
+        fsconfig(fd, FSCONFIG_SET_STRING, Some(&cstring(key)?), Some(&cstring(value)?))
+    }
+
+    /// `fsconfig(FSCONFIG_SET_FLAG, key)`.
+    pub fn set_flag(fd: BorrowedFd<'_>, key: &str) -> io::Result<()> {
+        fsconfig(fd, FSCONFIG_SET_FLAG, Some(&cstring(key)?), None)
+    }
+
+    /// `fsconfig(FSCONFIG_CMD_CREATE)` then `fsmount(nosuid, nodev)`: a
+    /// detached mount, attached nowhere until `attach`.
+    pub fn create_and_mount(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+        fsconfig(fd, FSCONFIG_CMD_CREATE, None, None)?;
+        // SAFETY: plain syscall on an fd we borrow.
+        fd_result(unsafe { libc::syscall(libc::SYS_fsmount, fd.as_raw_fd(), FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV) })
+    }
+
+    /// `move_mount(mount_fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`:
+    /// attaches a detached mount at `target` in the caller's namespace.
+    pub fn attach(mount: BorrowedFd<'_>, target: &str) -> io::Result<()> {
+        let empty = cstring("")?;
+        let target = cstring(target)?;
+        // SAFETY: both strings are valid C strings that outlive the call.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_move_mount, mount.as_raw_fd(), empty.as_ptr(), libc::AT_FDCWD, target.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH)
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Sends `data` with `fds` attached (SCM_RIGHTS) on a unix socket.
+/// Returns how many bytes went out.
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [io::IoSlice::new(data)];
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None).map_err(|e| io::Error::from_raw_os_error(e as i32))
+}
+
+/// Receives into `buf`, appending any fds that came along (close-on-exec)
+/// to `fds`. Returns the number of bytes read (0 at end of stream).
+pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut cmsg = nix::cmsg_space!([RawFd; 16]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT)
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    let n = msg.bytes;
+    for c in msg.cmsgs().map_err(|e| io::Error::from_raw_os_error(e as i32))? {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            fds.extend(received.into_iter().map(owned));
+        }
+    }
+    Ok(n)
+}
