@@ -152,7 +152,11 @@ pub fn setup(cfg: &AgentConfig) -> Result<HostHandles> {
                 source: std::io::Error::from_raw_os_error(e as i32),
             })?;
             let dst = volume_target(&root, &v.container, v.host.is_dir())?;
-            mounts::bind_volume(&fd_str(&src), &fd_str(&dst), v.read_only)?;
+            mounts::bind(&fd_str(&src), &fd_str(&dst))?;
+            // `dst` still names the directory under the new mount; resolve
+            // again to get the bind mount itself.
+            let top = root.open_path(&v.container).map_err(|source| SetupError::VolumeTarget { target: v.container.clone(), source })?;
+            mounts::restrict_bind(&fd_str(&top), v.read_only)?;
         }
     }
     // Step 6: pivot_root, then detach the host's tree.

@@ -224,7 +224,7 @@ mod tests {
         let line = command_line(b"echo 'a'\nfalse", "n1");
         let s = String::from_utf8(line).unwrap();
         assert!(s.starts_with("{ eval 'echo '\\''a'\\''\nfalse'; }"));
-        assert!(s.ends_with(" n1 \"$?\" >&3\n"));
+        assert!(s.ends_with(" n1 \"$?\" >&3\n\n"));
     }
 
     #[test]

@@ -149,14 +149,19 @@ pub fn mount_dev(root: &str) -> Result<()> {
 }
 
 /// Bind-mounts a host path (`source`, usually `/proc/self/fd/N` of an fd the
-/// caller resolved safely) on `target`; nosuid and nodev always, read-only
-/// on request.
-pub fn bind_volume(source: &str, target: &str, read_only: bool) -> Result<()> {
+/// caller resolved safely) on `target`.
+pub fn bind(source: &str, target: &str) -> Result<()> {
     mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(|e| FsError::Bind {
         source_path: source.into(),
         target: target.into(),
         source: io_err(e),
-    })?;
+    })
+}
+
+/// Sets the flags of the bind mount at `target` (an fd path of the mount's
+/// root, opened after the bind): nosuid and nodev always, read-only on
+/// request.
+pub fn restrict_bind(target: &str, read_only: bool) -> Result<()> {
     let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     if read_only {
         flags |= MsFlags::MS_RDONLY;

@@ -54,9 +54,7 @@ use nix::sys::stat::{fstatat, mkdirat, Mode};
 use nix::sys::statfs::fstatfs;
 use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
 
-use crate::sys::openat2::{
-    openat2, RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS,
-};
+use crate::sys::openat2::{openat2, RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS};
 
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, FilesError>;
@@ -313,10 +311,7 @@ impl RootFs {
     ///
     /// `host_path` is trusted (it is chosen by the runtime) and is resolved normally.
     pub fn open_dir(host_path: &Path) -> io::Result<Self> {
-        let dir = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-            .open(host_path)?;
+        let dir = OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY).open(host_path)?;
         Ok(Self::new(dir.into()))
     }
 
@@ -331,17 +326,12 @@ impl RootFs {
         let cpath = sandbox_path(path)?;
         // One scoped lookup; O_NONBLOCK so a FIFO cannot block the open, O_NOCTTY so a tty
         // cannot become our controlling terminal.
-        let fd = self
-            .resolve(&cpath, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY)
-            .map_err(|e| open_error(path, e))?;
+        let fd = self.resolve(&cpath, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY).map_err(|e| open_error(path, e))?;
         let file = File::from(fd);
         // Refuse anything but a regular file on a real filesystem before reading a byte.
         let size = check_sandbox_file(&file, path)?;
         if size > limit {
-            return Err(FilesError::TooLarge {
-                path: path.to_owned(),
-                limit,
-            });
+            return Err(FilesError::TooLarge { path: path.to_owned(), limit });
         }
         // Read at most limit + 1 bytes: the file may grow after the fstat.
         let mut data = Vec::new();
@@ -350,15 +340,9 @@ impl RootFs {
         (&file)
             .take(limit.saturating_add(1))
             .read_to_end(&mut data)
-            .map_err(|source| FilesError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(|source| FilesError::Read { path: path.to_owned(), source })?;
         if u64::try_from(data.len()).map_or(true, |n| n > limit) {
-            return Err(FilesError::TooLarge {
-                path: path.to_owned(),
-                limit,
-            });
+            return Err(FilesError::TooLarge { path: path.to_owned(), limit });
         }
         Ok(data)
     }
@@ -387,18 +371,12 @@ impl RootFs {
         // Step 3: only a regular file on a real filesystem may be written.
         check_sandbox_file(&file, path)?;
         // Step 4: truncate now, after the checks, rather than with O_TRUNC at open time.
-        let write_err = |source| FilesError::Write {
-            path: path.to_owned(),
-            source,
-        };
+        let write_err = |source| FilesError::Write { path: path.to_owned(), source };
         file.set_len(0).map_err(write_err)?;
         (&file).write_all(data).map_err(write_err)?;
         // Step 5: a new file gets the requested mode independent of the umask.
         if created {
-            set_mode(&file, mode).map_err(|source| FilesError::Chmod {
-                path: path.to_owned(),
-                source,
-            })?;
+            set_mode(&file, mode).map_err(|source| FilesError::Chmod { path: path.to_owned(), source })?;
         }
         Ok(())
     }
@@ -424,8 +402,7 @@ impl RootFs {
     /// runtime uses this for mount targets, so a mount always lands inside the root.
     pub fn open_path(&self, path: &str) -> Result<OwnedFd> {
         let cpath = sandbox_path(path)?;
-        self.resolve(&cpath, libc::O_PATH)
-            .map_err(|e| open_error(path, e))
+        self.resolve(&cpath, libc::O_PATH).map_err(|e| open_error(path, e))
     }
 
     /// Returns the kind, size and permission bits of `path`, like `lstat`.
@@ -436,15 +413,8 @@ impl RootFs {
     pub fn metadata(&self, path: &str) -> Result<FileStat> {
         let cpath = sandbox_path(path)?;
         // O_PATH | O_NOFOLLOW yields a handle on the symlink itself rather than ELOOP.
-        let fd = self
-            .resolve(&cpath, libc::O_PATH | libc::O_NOFOLLOW)
-            .map_err(|e| open_error(path, e))?;
-        let meta = File::from(fd)
-            .metadata()
-            .map_err(|source| FilesError::Stat {
-                path: path.to_owned(),
-                source,
-            })?;
+        let fd = self.resolve(&cpath, libc::O_PATH | libc::O_NOFOLLOW).map_err(|e| open_error(path, e))?;
+        let meta = File::from(fd).metadata().map_err(|source| FilesError::Stat { path: path.to_owned(), source })?;
         let ft = meta.file_type();
         let kind = if ft.is_file() {
             FileKind::File
@@ -455,11 +425,7 @@ impl RootFs {
         } else {
             FileKind::Other
         };
-        Ok(FileStat {
-            kind,
-            size: meta.len(),
-            mode: meta.mode() & 0o7777,
-        })
+        Ok(FileStat { kind, size: meta.len(), mode: meta.mode() & 0o7777 })
     }
 
     /// Copies a host file or directory tree into the sandbox, like `cp -r HOST_SRC PATH`.
@@ -478,34 +444,21 @@ impl RootFs {
     ///   racing the copy can make it fail but cannot redirect it outside the root.
     pub fn copy_to(&self, host_src: &Path, path: &str) -> Result<()> {
         let cpath = sandbox_path(path)?;
-        let host_err = |source| FilesError::Copy {
-            host: host_src.to_owned(),
-            path: path.to_owned(),
-            source,
-        };
+        let host_err = |source| FilesError::Copy { host: host_src.to_owned(), path: path.to_owned(), source };
         // Step 1: open the host source. O_NONBLOCK so a host FIFO cannot block us.
-        let src = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(host_src)
-            .map_err(host_err)?;
+        let src = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(host_src).map_err(host_err)?;
         let src_meta = src.metadata().map_err(host_err)?;
         if !src_meta.is_file() && !src_meta.is_dir() {
-            return Err(FilesError::HostNotRegularFile {
-                host: host_src.to_owned(),
-                path: path.to_owned(),
-            });
+            return Err(FilesError::HostNotRegularFile { host: host_src.to_owned(), path: path.to_owned() });
         }
         // Step 2: choose the destination directory and name, cp-style. The directory is
         // resolved inside the root; everything below it is descriptor-relative.
         let (dst_dir, name, shown) = match self.resolve(&cpath, libc::O_PATH | libc::O_DIRECTORY) {
             Ok(dir) => {
-                let base = host_src
-                    .file_name()
-                    .ok_or_else(|| FilesError::InvalidHostPath {
-                        host: host_src.to_owned(),
-                        reason: "has no final component to name the copy",
-                    })?;
+                let base = host_src.file_name().ok_or_else(|| FilesError::InvalidHostPath {
+                    host: host_src.to_owned(),
+                    reason: "has no final component to name the copy",
+                })?;
                 let shown = child_path(path, base);
                 (dir, component(&shown, base)?, shown)
             }
@@ -522,13 +475,8 @@ impl RootFs {
         // Step 3: never write into a pseudo-filesystem.
         refuse_pseudo_fs(dst_dir.as_fd(), path)?;
         // Step 4: copy.
-        let copier = Copier {
-            direction: Direction::ToSandbox,
-        };
-        let loc = Loc {
-            path: shown,
-            host: host_src.to_owned(),
-        };
+        let copier = Copier { direction: Direction::ToSandbox };
+        let loc = Loc { path: shown, host: host_src.to_owned() };
         if src_meta.is_dir() {
             copier.copy_dir(src.into(), src_meta.mode(), dst_dir.as_fd(), &name, &loc, 1)
         } else {
@@ -554,27 +502,16 @@ impl RootFs {
     pub fn copy_from(&self, path: &str, host_dst: &Path) -> Result<()> {
         let cpath = sandbox_path(path)?;
         // Step 1: open the sandbox source with one scoped lookup.
-        let src = self
-            .resolve(&cpath, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY)
-            .map_err(|e| open_error(path, e))?;
+        let src = self.resolve(&cpath, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY).map_err(|e| open_error(path, e))?;
         let src = File::from(src);
-        let src_meta = src.metadata().map_err(|source| FilesError::Stat {
-            path: path.to_owned(),
-            source,
-        })?;
+        let src_meta = src.metadata().map_err(|source| FilesError::Stat { path: path.to_owned(), source })?;
         if !src_meta.is_file() && !src_meta.is_dir() {
-            return Err(FilesError::NotRegularFile {
-                path: path.to_owned(),
-            });
+            return Err(FilesError::NotRegularFile { path: path.to_owned() });
         }
         refuse_pseudo_fs(src.as_fd(), path)?;
         // Step 2: choose the host destination directory and name, cp-style. Host paths are
         // trusted; below the chosen directory everything is descriptor-relative.
-        let host_err = |source| FilesError::Copy {
-            host: host_dst.to_owned(),
-            path: path.to_owned(),
-            source,
-        };
+        let host_err = |source| FilesError::Copy { host: host_dst.to_owned(), path: path.to_owned(), source };
         let (dst_dir, name, shown) = match std::fs::metadata(host_dst) {
             Ok(meta) if meta.is_dir() => {
                 let base = basename(path).ok_or_else(|| FilesError::InvalidPath {
@@ -592,13 +529,8 @@ impl RootFs {
             Err(e) => return Err(host_err(e)),
         };
         // Step 3: copy.
-        let copier = Copier {
-            direction: Direction::FromSandbox,
-        };
-        let loc = Loc {
-            path: path.to_owned(),
-            host: shown,
-        };
+        let copier = Copier { direction: Direction::FromSandbox };
+        let loc = Loc { path: path.to_owned(), host: shown };
         if src_meta.is_dir() {
             copier.copy_dir(src.into(), src_meta.mode(), dst_dir.as_fd(), &name, &loc, 1)
         } else {
@@ -611,23 +543,14 @@ impl RootFs {
     fn host_parent(&self, host_dst: &Path, path: &str) -> Result<(OwnedFd, CString, PathBuf)> {
         let name = host_dst
             .file_name()
-            .ok_or_else(|| FilesError::InvalidHostPath {
-                host: host_dst.to_owned(),
-                reason: "has no final component to name the copy",
-            })?;
+            .ok_or_else(|| FilesError::InvalidHostPath { host: host_dst.to_owned(), reason: "has no final component to name the copy" })?;
         let parent = match host_dst.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let dir = open_host_dir(parent).map_err(|source| FilesError::Copy {
-            host: host_dst.to_owned(),
-            path: path.to_owned(),
-            source,
-        })?;
-        let cname = CString::new(name.as_bytes()).map_err(|_| FilesError::InvalidHostPath {
-            host: host_dst.to_owned(),
-            reason: "contains a NUL byte",
-        })?;
+        let dir = open_host_dir(parent).map_err(|source| FilesError::Copy { host: host_dst.to_owned(), path: path.to_owned(), source })?;
+        let cname = CString::new(name.as_bytes())
+            .map_err(|_| FilesError::InvalidHostPath { host: host_dst.to_owned(), reason: "contains a NUL byte" })?;
         Ok((dir, cname, host_dst.to_owned()))
     }
 
@@ -648,9 +571,7 @@ impl RootFs {
         // Slow path: walk the components. `prefix` always names the directory `dir` should
         // be; it is resolved in one scoped lookup from the root each time, so symlinks and
         // `..` behave exactly as the kernel resolves them inside the root.
-        let mut dir = self
-            .resolve(c"/", dir_flags)
-            .map_err(|e| open_error(path, e))?;
+        let mut dir = self.resolve(c"/", dir_flags).map_err(|e| open_error(path, e))?;
         let mut prefix = String::with_capacity(target.len() + 1);
         for comp in target.split('/').filter(|c| !c.is_empty()) {
             prefix.push('/');
@@ -663,21 +584,11 @@ impl RootFs {
                     // process was faster, or a dangling symlink is in the way), then resolve
                     // the prefix again inside the root.
                     let ccomp = cstring(path, comp)?;
-                    match mkdirat(
-                        Some(dir.as_raw_fd()),
-                        ccomp.as_c_str(),
-                        Mode::from_bits_truncate(mode & 0o1777),
-                    ) {
+                    match mkdirat(Some(dir.as_raw_fd()), ccomp.as_c_str(), Mode::from_bits_truncate(mode & 0o1777)) {
                         Ok(()) | Err(Errno::EEXIST) => {}
-                        Err(e) => {
-                            return Err(FilesError::Mkdir {
-                                path: path.to_owned(),
-                                source: e.into(),
-                            })
-                        }
+                        Err(e) => return Err(FilesError::Mkdir { path: path.to_owned(), source: e.into() }),
                     }
-                    self.resolve(&cprefix, dir_flags)
-                        .map_err(|e| open_error(path, e))?
+                    self.resolve(&cprefix, dir_flags).map_err(|e| open_error(path, e))?
                 }
                 Err(e) => return Err(open_error(path, e)),
             };
@@ -722,21 +633,14 @@ struct Loc {
 
 impl Loc {
     fn child(&self, name: &OsStr) -> Loc {
-        Loc {
-            path: child_path(&self.path, name),
-            host: self.host.join(name),
-        }
+        Loc { path: child_path(&self.path, name), host: self.host.join(name) }
     }
 
     /// Error for a failed `step` on `side`.
     fn fail(&self, side: Side, step: Step, source: io::Error) -> FilesError {
         let path = self.path.clone();
         match (side, step) {
-            (Side::Host, _) => FilesError::Copy {
-                host: self.host.clone(),
-                path,
-                source,
-            },
+            (Side::Host, _) => FilesError::Copy { host: self.host.clone(), path, source },
             (Side::Sandbox, Step::Stat) => FilesError::Stat { path, source },
             (Side::Sandbox, Step::Read) => FilesError::Read { path, source },
             (Side::Sandbox, Step::Write) => FilesError::Write { path, source },
@@ -758,10 +662,7 @@ impl Loc {
     /// Error for a failed create-or-open of a destination file on `side`.
     fn fail_create(&self, side: Side, e: Errno) -> FilesError {
         match side {
-            Side::Host if is_not_regular_errno(e) => FilesError::HostNotRegularFile {
-                host: self.host.clone(),
-                path: self.path.clone(),
-            },
+            Side::Host if is_not_regular_errno(e) => FilesError::HostNotRegularFile { host: self.host.clone(), path: self.path.clone() },
             Side::Host => self.fail(side, Step::Write, e.into()),
             Side::Sandbox => create_error(&self.path, e),
         }
@@ -807,22 +708,11 @@ impl Copier {
     }
 
     /// Copies the entry `name` of `src_dir` to `dst_dir`, without following symlinks.
-    fn copy_entry(
-        &self,
-        src_dir: BorrowedFd<'_>,
-        dst_dir: BorrowedFd<'_>,
-        name: &CStr,
-        loc: &Loc,
-        depth: usize,
-    ) -> Result<()> {
+    fn copy_entry(&self, src_dir: BorrowedFd<'_>, dst_dir: BorrowedFd<'_>, name: &CStr, loc: &Loc, depth: usize) -> Result<()> {
         let src_side = self.src_side();
         // The type decides what to do; the object is re-checked after it is opened, because
         // it may have been swapped in between.
-        let st = match fstatat(
-            Some(src_dir.as_raw_fd()),
-            name,
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
+        let st = match fstatat(Some(src_dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             // Vanished while we were copying.
             Err(Errno::ENOENT) => return Ok(()),
@@ -830,19 +720,12 @@ impl Copier {
         };
         match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => {
-                let src = match open_child(
-                    src_dir,
-                    name,
-                    libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
-                    0,
-                ) {
+                let src = match open_child(src_dir, name, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0) {
                     Ok(fd) => File::from(fd),
                     Err(Errno::ENOENT) => return Ok(()),
                     Err(e) => return Err(loc.fail_open(src_side, e)),
                 };
-                let meta = src
-                    .metadata()
-                    .map_err(|e| loc.fail(src_side, Step::Stat, e))?;
+                let meta = src.metadata().map_err(|e| loc.fail(src_side, Step::Stat, e))?;
                 // Swapped for a FIFO or device after the fstatat: skip it like one.
                 if !meta.is_file() || self.skip_source(src.as_fd(), loc)? {
                     return Ok(());
@@ -866,8 +749,7 @@ impl Copier {
                     Err(Errno::ENOENT) => return Ok(()),
                     Err(e) => return Err(loc.fail(src_side, Step::Symlink, e.into())),
                 };
-                make_symlink(&target, dst_dir, name)
-                    .map_err(|e| loc.fail(self.dst_side(), Step::Symlink, e.into()))
+                make_symlink(&target, dst_dir, name).map_err(|e| loc.fail(self.dst_side(), Step::Symlink, e.into()))
             }
             // FIFOs, sockets and devices are not copied.
             _ => Ok(()),
@@ -875,35 +757,20 @@ impl Copier {
     }
 
     /// Copies the open regular file `src` to `name` in `dst_dir`.
-    fn copy_file(
-        &self,
-        src: &File,
-        src_meta: &std::fs::Metadata,
-        dst_dir: BorrowedFd<'_>,
-        name: &CStr,
-        loc: &Loc,
-    ) -> Result<()> {
+    fn copy_file(&self, src: &File, src_meta: &std::fs::Metadata, dst_dir: BorrowedFd<'_>, name: &CStr, loc: &Loc) -> Result<()> {
         let (src_side, dst_side) = (self.src_side(), self.dst_side());
         // Create or open the destination without following a symlink, then check it.
         let (fd, created) = create_file(dst_dir, name).map_err(|e| loc.fail_create(dst_side, e))?;
         let dst = File::from(fd);
-        let dst_meta = dst
-            .metadata()
-            .map_err(|e| loc.fail(dst_side, Step::Stat, e))?;
+        let dst_meta = dst.metadata().map_err(|e| loc.fail(dst_side, Step::Stat, e))?;
         if !dst_meta.is_file() {
             return Err(match dst_side {
-                Side::Sandbox => FilesError::NotRegularFile {
-                    path: loc.path.clone(),
-                },
-                Side::Host => FilesError::HostNotRegularFile {
-                    host: loc.host.clone(),
-                    path: loc.path.clone(),
-                },
+                Side::Sandbox => FilesError::NotRegularFile { path: loc.path.clone() },
+                Side::Host => FilesError::HostNotRegularFile { host: loc.host.clone(), path: loc.path.clone() },
             });
         }
         self.check_destination(dst.as_fd(), loc)?;
-        dst.set_len(0)
-            .map_err(|e| loc.fail(dst_side, Step::Write, e))?;
+        dst.set_len(0).map_err(|e| loc.fail(dst_side, Step::Write, e))?;
         // Copy at most the size seen at open time, so a growing file cannot keep us busy.
         let mut reader = src.take(src_meta.len());
         let mut buf = vec![0u8; 64 * 1024];
@@ -914,9 +781,7 @@ impl Copier {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(loc.fail(src_side, Step::Read, e)),
             };
-            (&dst)
-                .write_all(&buf[..n])
-                .map_err(|e| loc.fail(dst_side, Step::Write, e))?;
+            (&dst).write_all(&buf[..n]).map_err(|e| loc.fail(dst_side, Step::Write, e))?;
         }
         if created {
             set_mode(&dst, src_meta.mode()).map_err(|e| loc.fail(dst_side, Step::Chmod, e))?;
@@ -926,21 +791,10 @@ impl Copier {
 
     /// Copies the open directory `src` (with permission bits `mode`) to `name` in
     /// `dst_dir`. `depth` is the nesting level of `src`, starting at 1.
-    fn copy_dir(
-        &self,
-        src: OwnedFd,
-        mode: u32,
-        dst_dir: BorrowedFd<'_>,
-        name: &CStr,
-        loc: &Loc,
-        depth: usize,
-    ) -> Result<()> {
+    fn copy_dir(&self, src: OwnedFd, mode: u32, dst_dir: BorrowedFd<'_>, name: &CStr, loc: &Loc, depth: usize) -> Result<()> {
         let (src_side, dst_side) = (self.src_side(), self.dst_side());
         if depth > MAX_COPY_DEPTH {
-            return Err(FilesError::TooDeep {
-                path: loc.path.clone(),
-                limit: MAX_COPY_DEPTH,
-            });
+            return Err(FilesError::TooDeep { path: loc.path.clone(), limit: MAX_COPY_DEPTH });
         }
         // Create the directory (private until its contents are in) and open it relative to
         // its parent, refusing a symlink in its place.
@@ -949,19 +803,13 @@ impl Copier {
             Err(Errno::EEXIST) => false,
             Err(e) => return Err(loc.fail(dst_side, Step::Mkdir, e.into())),
         };
-        let dst = open_child(dst_dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(
-            |e| match (dst_side, e) {
-                (Side::Sandbox, Errno::ELOOP) => FilesError::NotADirectory {
-                    path: loc.path.clone(),
-                },
-                _ => loc.fail_open(dst_side, e),
-            },
-        )?;
+        let dst = open_child(dst_dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|e| match (dst_side, e) {
+            (Side::Sandbox, Errno::ELOOP) => FilesError::NotADirectory { path: loc.path.clone() },
+            _ => loc.fail_open(dst_side, e),
+        })?;
         self.check_destination(dst.as_fd(), loc)?;
         // Copy each entry, descriptor-relative on both sides.
-        for entry in
-            list_dir(src.as_fd()).map_err(|e| loc.fail(src_side, Step::ReadDir, e.into()))?
-        {
+        for entry in list_dir(src.as_fd()).map_err(|e| loc.fail(src_side, Step::ReadDir, e.into()))? {
             let child = loc.child(OsStr::from_bytes(entry.to_bytes()));
             self.copy_entry(src.as_fd(), dst.as_fd(), &entry, &child, depth + 1)?;
         }
@@ -975,10 +823,7 @@ impl Copier {
 
 /// Validates a caller's sandbox path and converts it for the kernel.
 fn sandbox_path(path: &str) -> Result<CString> {
-    let invalid = |reason| FilesError::InvalidPath {
-        path: path.to_owned(),
-        reason,
-    };
+    let invalid = |reason| FilesError::InvalidPath { path: path.to_owned(), reason };
     if path.is_empty() {
         return Err(invalid("path is empty"));
     }
@@ -993,18 +838,12 @@ fn sandbox_path(path: &str) -> Result<CString> {
 
 /// Converts part of an already validated path.
 fn cstring(path: &str, part: &str) -> Result<CString> {
-    CString::new(part).map_err(|_| FilesError::InvalidPath {
-        path: path.to_owned(),
-        reason: "path contains a NUL byte",
-    })
+    CString::new(part).map_err(|_| FilesError::InvalidPath { path: path.to_owned(), reason: "path contains a NUL byte" })
 }
 
 /// Converts a single path component.
 fn component(path: &str, name: &OsStr) -> Result<CString> {
-    CString::new(name.as_bytes()).map_err(|_| FilesError::InvalidPath {
-        path: path.to_owned(),
-        reason: "path contains a NUL byte",
-    })
+    CString::new(name.as_bytes()).map_err(|_| FilesError::InvalidPath { path: path.to_owned(), reason: "path contains a NUL byte" })
 }
 
 /// Splits `path` into its parent (`"/"` if none) and final component. `None` if the final
@@ -1028,11 +867,7 @@ fn basename(path: &str) -> Option<&str> {
 
 /// `parent/name` for display.
 fn child_path(parent: &str, name: &OsStr) -> String {
-    format!(
-        "{}/{}",
-        parent.trim_end_matches('/'),
-        name.to_string_lossy()
-    )
+    format!("{}/{}", parent.trim_end_matches('/'), name.to_string_lossy())
 }
 
 /// Retries `f` on `EAGAIN` (a scoped `..` lookup raced a rename or mount) and `EINTR`.
@@ -1111,10 +946,7 @@ fn list_dir(dir: BorrowedFd<'_>) -> nix::Result<Vec<CString>> {
 
 /// Opens a trusted host directory for descriptor-relative work below it.
 fn open_host_dir(path: &Path) -> io::Result<OwnedFd> {
-    let dir = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY)
-        .open(path)?;
+    let dir = OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(path)?;
     Ok(dir.into())
 }
 
@@ -1131,9 +963,7 @@ fn open_error(path: &str, e: Errno) -> FilesError {
 /// Maps a [`create_file`] errno to an error.
 fn create_error(path: &str, e: Errno) -> FilesError {
     if is_not_regular_errno(e) {
-        FilesError::NotRegularFile {
-            path: path.to_owned(),
-        }
+        FilesError::NotRegularFile { path: path.to_owned() }
     } else {
         open_error(path, e)
     }
@@ -1149,27 +979,17 @@ fn on_pseudo_fs(fd: BorrowedFd<'_>) -> nix::Result<bool> {
 fn refuse_pseudo_fs(fd: BorrowedFd<'_>, path: &str) -> Result<()> {
     match on_pseudo_fs(fd) {
         Ok(false) => Ok(()),
-        Ok(true) => Err(FilesError::PseudoFilesystem {
-            path: path.to_owned(),
-        }),
-        Err(e) => Err(FilesError::Stat {
-            path: path.to_owned(),
-            source: e.into(),
-        }),
+        Ok(true) => Err(FilesError::PseudoFilesystem { path: path.to_owned() }),
+        Err(e) => Err(FilesError::Stat { path: path.to_owned(), source: e.into() }),
     }
 }
 
 /// Checks that an opened sandbox file is a regular file on a real filesystem; returns its
 /// size.
 fn check_sandbox_file(file: &File, path: &str) -> Result<u64> {
-    let meta = file.metadata().map_err(|source| FilesError::Stat {
-        path: path.to_owned(),
-        source,
-    })?;
+    let meta = file.metadata().map_err(|source| FilesError::Stat { path: path.to_owned(), source })?;
     if !meta.is_file() {
-        return Err(FilesError::NotRegularFile {
-            path: path.to_owned(),
-        });
+        return Err(FilesError::NotRegularFile { path: path.to_owned() });
     }
     refuse_pseudo_fs(file.as_fd(), path)?;
     Ok(meta.len())
@@ -1222,13 +1042,7 @@ mod tests {
             let secret = host.join("secret");
             fs::write(&secret, SECRET).unwrap();
             let rootfs = RootFs::open_dir(&root).unwrap();
-            Fixture {
-                tmp,
-                root,
-                host,
-                secret,
-                rootfs,
-            }
+            Fixture { tmp, root, host, secret, rootfs }
         }
 
         /// Everything in the temp dir outside the sandbox root.
@@ -1308,18 +1122,10 @@ mod tests {
     fn f11_lexical_traversal_stays_in_root() {
         let f = Fixture::new();
         let before = f.outside();
-        let escapes = [
-            "../../../../host/secret",
-            "/etc/../../../host/secret",
-            "/../host/secret",
-            "host/../../host/secret",
-        ];
+        let escapes = ["../../../../host/secret", "/etc/../../../host/secret", "/../host/secret", "host/../../host/secret"];
         for path in escapes {
             let r = f.read(path);
-            assert!(
-                matches!(r, Err(FilesError::NotFound { .. })),
-                "{path}: {r:?}"
-            );
+            assert!(matches!(r, Err(FilesError::NotFound { .. })), "{path}: {r:?}");
         }
         // The same paths name the sandbox's /host/secret once it exists.
         fs::create_dir(f.at("/host")).unwrap();
@@ -1327,21 +1133,11 @@ mod tests {
         for path in escapes {
             assert_eq!(f.read(path).unwrap(), b"decoy", "{path}");
         }
-        for path in [
-            "/etc/hostname",
-            "etc/hostname",
-            "../../../../etc/hostname",
-            "/etc/../../../etc/hostname",
-            "//etc/./hostname",
-        ] {
+        for path in ["/etc/hostname", "etc/hostname", "../../../../etc/hostname", "/etc/../../../etc/hostname", "//etc/./hostname"] {
             assert_eq!(f.read(path).unwrap(), SANDBOX_HOSTNAME, "{path}");
         }
-        f.rootfs
-            .write_file("/../../host/pwn", b"pwned", 0o644)
-            .unwrap();
-        f.rootfs
-            .write_file("../../../pwn", b"pwned", 0o644)
-            .unwrap();
+        f.rootfs.write_file("/../../host/pwn", b"pwned", 0o644).unwrap();
+        f.rootfs.write_file("../../../pwn", b"pwned", 0o644).unwrap();
         assert_eq!(fs::read(f.at("/host/pwn")).unwrap(), b"pwned");
         assert_eq!(fs::read(f.at("/pwn")).unwrap(), b"pwned");
         assert!(!f.host.join("pwn").exists());
@@ -1353,13 +1149,7 @@ mod tests {
         let f = Fixture::new();
         let long = "a/".repeat(2500);
         let long_name = "x".repeat(MAX_NAME_LEN + 1);
-        for path in [
-            "",
-            "etc/\0passwd",
-            "/tmp/a\0b",
-            long.as_str(),
-            long_name.as_str(),
-        ] {
+        for path in ["", "etc/\0passwd", "/tmp/a\0b", long.as_str(), long_name.as_str()] {
             let r = f.read(path);
             assert!(matches!(r, Err(FilesError::InvalidPath { .. })), "{r:?}");
             let r = f.rootfs.write_file(path, b"x", 0o644);
@@ -1387,13 +1177,7 @@ mod tests {
         // Names that cannot be a file.
         for path in ["/tmp/", "/tmp/.", "/tmp/..", "/"] {
             let r = f.rootfs.write_file(path, b"x", 0o644);
-            assert!(
-                matches!(
-                    r,
-                    Err(FilesError::InvalidPath { .. } | FilesError::NotRegularFile { .. })
-                ),
-                "{path}: {r:?}"
-            );
+            assert!(matches!(r, Err(FilesError::InvalidPath { .. } | FilesError::NotRegularFile { .. })), "{path}: {r:?}");
         }
     }
 
@@ -1412,13 +1196,7 @@ mod tests {
 
         for path in ["/s", "/tmp/s", "/h/../s", "/tmp/h/s"] {
             let r = f.read(path);
-            assert!(
-                matches!(
-                    r,
-                    Err(FilesError::NotFound { .. }) | Err(FilesError::Open { .. })
-                ),
-                "{path}: {r:?}"
-            );
+            assert!(matches!(r, Err(FilesError::NotFound { .. }) | Err(FilesError::Open { .. })), "{path}: {r:?}");
         }
         assert_eq!(f.read("/h/etc/hostname").unwrap(), SANDBOX_HOSTNAME);
         assert_eq!(f.read("/tmp/h/etc/hostname").unwrap(), SANDBOX_HOSTNAME);
@@ -1431,9 +1209,7 @@ mod tests {
         f.rootfs.write_file("/h/tmp/pwn", b"pwned", 0o644).unwrap();
         assert_eq!(fs::read(f.at("/tmp/pwn")).unwrap(), b"pwned");
 
-        f.rootfs
-            .copy_from("/tmp/h/etc/passwd", &out.path().join("x"))
-            .unwrap();
+        f.rootfs.copy_from("/tmp/h/etc/passwd", &out.path().join("x")).unwrap();
         assert_eq!(fs::read(out.path().join("x")).unwrap(), SANDBOX_PASSWD);
         let r = f.rootfs.copy_from("/s", &out.path().join("y"));
         assert!(matches!(r, Err(FilesError::NotFound { .. })), "{r:?}");
@@ -1441,10 +1217,7 @@ mod tests {
 
         assert_eq!(f.rootfs.metadata("/s").unwrap().kind, FileKind::Symlink);
         assert_eq!(f.rootfs.metadata("/h").unwrap().kind, FileKind::Symlink);
-        assert_eq!(
-            f.rootfs.metadata("/h/etc").unwrap().kind,
-            FileKind::Directory
-        );
+        assert_eq!(f.rootfs.metadata("/h/etc").unwrap().kind, FileKind::Directory);
 
         // With an in-root file at the secret's host path, the link reads that file.
         let decoy = f.root.join(f.secret.strip_prefix("/").unwrap());
@@ -1459,11 +1232,7 @@ mod tests {
     }
 
     /// Swaps `link` between a real directory and symlinks to each of `targets` until `stop`.
-    fn swapper(
-        link: PathBuf,
-        targets: Vec<PathBuf>,
-        stop: Arc<AtomicBool>,
-    ) -> thread::JoinHandle<u64> {
+    fn swapper(link: PathBuf, targets: Vec<PathBuf>, stop: Arc<AtomicBool>) -> thread::JoinHandle<u64> {
         thread::spawn(move || {
             let mut swaps = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -1519,11 +1288,7 @@ mod tests {
         let targets = vec![f.host.clone(), PathBuf::from("../../host")];
         let parent_racer = swapper(f.at("/dst/p"), targets.clone(), Arc::clone(&stop));
         // Also race a directory inside the copied tree, created by the copy itself.
-        let inner_racer = swapper(
-            f.at("/dst/p/t/sub"),
-            vec![f.host.clone(), PathBuf::from("../../../../host")],
-            Arc::clone(&stop),
-        );
+        let inner_racer = swapper(f.at("/dst/p/t/sub"), vec![f.host.clone(), PathBuf::from("../../../../host")], Arc::clone(&stop));
         let (mut ok, mut failed) = (0u32, 0u32);
         for _ in 0..300 {
             match f.rootfs.copy_to(&tree, "/dst/p/t") {
@@ -1553,67 +1318,26 @@ mod tests {
         // A real procfs (the host root as the "sandbox"): magic links are refused.
         let host = host_root();
         let r = host.read_file("/proc/self/root/etc/passwd", MIB);
-        assert!(
-            matches!(
-                r,
-                Err(FilesError::Open {
-                    source: Errno::ELOOP,
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(FilesError::Open { source: Errno::ELOOP, .. })), "{r:?}");
         // Control: an unscoped lookup does reach the file through the magic link, so the
         // assertion above can fail. (A scoped lookup without RESOLVE_NO_MAGICLINKS is refused
         // too, with EXDEV: the kernel never lets a RESOLVE_IN_ROOT walk jump through a magic
         // link. RESOLVE_NO_MAGICLINKS makes the refusal explicit and independent of that.)
-        let fd = openat2(
-            host.root.as_fd(),
-            c"proc/self/root/etc/passwd",
-            libc::O_RDONLY,
-            0,
-            0,
-        )
-        .unwrap();
+        let fd = openat2(host.root.as_fd(), c"proc/self/root/etc/passwd", libc::O_RDONLY, 0, 0).unwrap();
         let mut via_magic = Vec::new();
         File::from(fd).read_to_end(&mut via_magic).unwrap();
         assert_eq!(via_magic, host_passwd);
         assert_eq!(
-            openat2(
-                host.root.as_fd(),
-                c"/proc/self/root/etc/passwd",
-                libc::O_RDONLY,
-                0,
-                RESOLVE_IN_ROOT,
-            )
-            .unwrap_err(),
+            openat2(host.root.as_fd(), c"/proc/self/root/etc/passwd", libc::O_RDONLY, 0, RESOLVE_IN_ROOT,).unwrap_err(),
             Errno::EXDEV
         );
 
         let held = File::open("/etc/passwd").unwrap();
         let fd_link = format!("/proc/self/fd/{}", held.as_raw_fd());
         let r = host.read_file(&fd_link, MIB);
-        assert!(
-            matches!(
-                r,
-                Err(FilesError::Open {
-                    source: Errno::ELOOP,
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(FilesError::Open { source: Errno::ELOOP, .. })), "{r:?}");
         let r = host.open_path("/proc/self/cwd");
-        assert!(
-            matches!(
-                r,
-                Err(FilesError::Open {
-                    source: Errno::ELOOP,
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(FilesError::Open { source: Errno::ELOOP, .. })), "{r:?}");
         let out = tempfile::tempdir().unwrap();
         let r = host.copy_from("/proc/self/root/etc/passwd", &out.path().join("x"));
         assert!(r.is_err(), "{r:?}");
@@ -1624,37 +1348,22 @@ mod tests {
     fn pseudo_filesystems_are_refused() {
         let host = host_root();
         let r = host.read_file("/proc/self/status", MIB).map(|d| d.len());
-        assert!(
-            matches!(r, Err(FilesError::PseudoFilesystem { .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(FilesError::PseudoFilesystem { .. })), "{r:?}");
         let comm = fs::read("/proc/self/comm").unwrap();
         let r = host.write_file("/proc/self/comm", b"pwned", 0o644);
-        assert!(
-            matches!(r, Err(FilesError::PseudoFilesystem { .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(FilesError::PseudoFilesystem { .. })), "{r:?}");
         assert_eq!(fs::read("/proc/self/comm").unwrap(), comm);
         let out = tempfile::tempdir().unwrap();
         let r = host.copy_from("/proc/self/status", &out.path().join("status"));
-        assert!(
-            matches!(r, Err(FilesError::PseudoFilesystem { .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(FilesError::PseudoFilesystem { .. })), "{r:?}");
         if Path::new("/sys/kernel").is_dir() {
             let r = host.copy_from("/sys/kernel", &out.path().join("kernel"));
-            assert!(
-                matches!(r, Err(FilesError::PseudoFilesystem { .. })),
-                "{r:?}"
-            );
+            assert!(matches!(r, Err(FilesError::PseudoFilesystem { .. })), "{r:?}");
         }
         let src = tempfile::tempdir().unwrap();
         fs::write(src.path().join("comm"), b"pwned").unwrap();
         let r = host.copy_to(&src.path().join("comm"), "/proc/self");
-        assert!(
-            matches!(r, Err(FilesError::PseudoFilesystem { .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(FilesError::PseudoFilesystem { .. })), "{r:?}");
         assert_eq!(fs::read("/proc/self/comm").unwrap(), comm);
         assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
     }
@@ -1669,40 +1378,22 @@ mod tests {
         fs::write(&src, b"data").unwrap();
 
         let root = f.root.clone();
-        let r = within("read_file on a FIFO", move || {
-            RootFs::open_dir(&root).unwrap().read_file("/tmp/f", MIB)
-        });
+        let r = within("read_file on a FIFO", move || RootFs::open_dir(&root).unwrap().read_file("/tmp/f", MIB));
         assert!(matches!(r, Err(FilesError::NotRegularFile { .. })), "{r:?}");
         let root = f.root.clone();
-        let r = within("write_file on a FIFO", move || {
-            RootFs::open_dir(&root)
-                .unwrap()
-                .write_file("/tmp/f", b"x", 0o644)
-        });
+        let r = within("write_file on a FIFO", move || RootFs::open_dir(&root).unwrap().write_file("/tmp/f", b"x", 0o644));
         assert!(matches!(r, Err(FilesError::NotRegularFile { .. })), "{r:?}");
         let (root, dst) = (f.root.clone(), out.path().join("fifo"));
-        let r = within("copy_from of a FIFO", move || {
-            RootFs::open_dir(&root).unwrap().copy_from("/tmp/f", &dst)
-        });
+        let r = within("copy_from of a FIFO", move || RootFs::open_dir(&root).unwrap().copy_from("/tmp/f", &dst));
         assert!(matches!(r, Err(FilesError::NotRegularFile { .. })), "{r:?}");
         let root = f.root.clone();
-        let r = within("copy_to onto a FIFO", move || {
-            RootFs::open_dir(&root).unwrap().copy_to(&src, "/tmp/f")
-        });
+        let r = within("copy_to onto a FIFO", move || RootFs::open_dir(&root).unwrap().copy_to(&src, "/tmp/f"));
         assert!(matches!(r, Err(FilesError::NotRegularFile { .. })), "{r:?}");
         // A FIFO that has a reader (so the O_WRONLY open succeeds) is still refused before
         // any byte is written.
-        let reader = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(f.at("/tmp/f"))
-            .unwrap();
+        let reader = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(f.at("/tmp/f")).unwrap();
         let root = f.root.clone();
-        let r = within("write_file on a FIFO with a reader", move || {
-            RootFs::open_dir(&root)
-                .unwrap()
-                .write_file("/tmp/f", b"x", 0o644)
-        });
+        let r = within("write_file on a FIFO with a reader", move || RootFs::open_dir(&root).unwrap().write_file("/tmp/f", b"x", 0o644));
         assert!(matches!(r, Err(FilesError::NotRegularFile { .. })), "{r:?}");
         let mut buf = [0u8; 8];
         let n = (&reader).read(&mut buf);
@@ -1714,13 +1405,8 @@ mod tests {
 
         // Real device nodes (the host root as the "sandbox").
         for dev in ["/dev/zero", "/dev/urandom", "/dev/null"] {
-            let r = within("read_file on a device", move || {
-                host_root().read_file(dev, MIB)
-            });
-            assert!(
-                matches!(r, Err(FilesError::NotRegularFile { .. })),
-                "{dev}: {r:?}"
-            );
+            let r = within("read_file on a device", move || host_root().read_file(dev, MIB));
+            assert!(matches!(r, Err(FilesError::NotRegularFile { .. })), "{dev}: {r:?}");
         }
         let r = within("copy_from of a device", || {
             let out = tempfile::tempdir().unwrap();
@@ -1743,9 +1429,7 @@ mod tests {
         f.rootfs.write_file("/data/suid", b"x", 0o6777).unwrap();
         assert_eq!(mode_of(&f.at("/data/suid")), 0o777);
         // Overwriting truncates and keeps the existing mode.
-        f.rootfs
-            .write_file("/data/bin/blob", b"short", 0o777)
-            .unwrap();
+        f.rootfs.write_file("/data/bin/blob", b"short", 0o777).unwrap();
         assert_eq!(f.read("/data/bin/blob").unwrap(), b"short");
         assert_eq!(mode_of(&f.at("/data/bin/blob")), 0o640);
         // Empty files.
@@ -1758,10 +1442,7 @@ mod tests {
         let f = Fixture::new();
         f.rootfs.write_file("/f", &[7u8; 100], 0o644).unwrap();
         let r = f.rootfs.read_file("/f", 99);
-        assert!(
-            matches!(r, Err(FilesError::TooLarge { limit: 99, .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(FilesError::TooLarge { limit: 99, .. })), "{r:?}");
         assert_eq!(f.rootfs.read_file("/f", 100).unwrap().len(), 100);
         let r = f.rootfs.read_file("/etc", MIB);
         assert!(matches!(r, Err(FilesError::NotRegularFile { .. })), "{r:?}");
@@ -1774,13 +1455,7 @@ mod tests {
         symlink("/tmp/nowhere", f.at("/tmp/dangling")).unwrap();
         for path in ["/tmp/link", "/tmp/dangling", "/etc", "/tmp/h/.."] {
             let r = f.rootfs.write_file(path, b"pwned", 0o644);
-            assert!(
-                matches!(
-                    r,
-                    Err(FilesError::NotRegularFile { .. } | FilesError::InvalidPath { .. })
-                ),
-                "{path}: {r:?}"
-            );
+            assert!(matches!(r, Err(FilesError::NotRegularFile { .. } | FilesError::InvalidPath { .. })), "{path}: {r:?}");
         }
         assert_eq!(f.read("/etc/hostname").unwrap(), SANDBOX_HOSTNAME);
         assert!(!f.at("/tmp/nowhere").exists());
@@ -1808,9 +1483,7 @@ mod tests {
         assert!(matches!(r, Err(FilesError::NotFound { .. })), "{r:?}");
         assert!(!f.at("/nope").exists());
 
-        let opened = File::from(f.rootfs.open_path("/l").unwrap())
-            .metadata()
-            .unwrap();
+        let opened = File::from(f.rootfs.open_path("/l").unwrap()).metadata().unwrap();
         assert_eq!(opened.ino(), fs::metadata(f.at("/a")).unwrap().ino());
         let r = f.rootfs.open_path("/missing");
         assert!(matches!(r, Err(FilesError::NotFound { .. })), "{r:?}");
@@ -1818,22 +1491,12 @@ mod tests {
         mkfifo(&f.at("/tmp/fifo"), Mode::from_bits_truncate(0o600)).unwrap();
         fs::set_permissions(f.at("/etc/hostname"), Permissions::from_mode(0o4751)).unwrap();
         let st = f.rootfs.metadata("/etc/hostname").unwrap();
-        assert_eq!(
-            st,
-            FileStat {
-                kind: FileKind::File,
-                size: 17,
-                mode: 0o4751
-            }
-        );
+        assert_eq!(st, FileStat { kind: FileKind::File, size: 17, mode: 0o4751 });
         assert_eq!(f.rootfs.metadata("/l").unwrap().kind, FileKind::Symlink);
         assert_eq!(f.rootfs.metadata("/l").unwrap().size, 2);
         assert_eq!(f.rootfs.metadata("/l/").unwrap().kind, FileKind::Directory);
         assert_eq!(f.rootfs.metadata("/a").unwrap().kind, FileKind::Directory);
-        assert_eq!(
-            f.rootfs.metadata("/tmp/fifo").unwrap().kind,
-            FileKind::Other
-        );
+        assert_eq!(f.rootfs.metadata("/tmp/fifo").unwrap().kind, FileKind::Other);
     }
 
     /// Builds a host tree covering every entry kind.
@@ -1859,19 +1522,11 @@ mod tests {
     fn assert_sample_tree(copy: &Path) {
         assert_eq!(fs::read(copy.join("a.txt")).unwrap(), b"hello");
         assert_eq!(fs::read(copy.join("empty")).unwrap(), b"");
-        assert_eq!(
-            fs::read(copy.join("nested/deeper/deepest/x.bin")).unwrap(),
-            noise(100_000)
-        );
+        assert_eq!(fs::read(copy.join("nested/deeper/deepest/x.bin")).unwrap(), noise(100_000));
         assert_eq!(mode_of(&copy.join("bin/run.sh")), 0o755);
         assert_eq!(mode_of(&copy.join("suid")), 0o755);
         assert_eq!(mode_of(&copy.join("nested")), 0o750);
-        for (link, target) in [
-            ("link", "a.txt"),
-            ("abs", "/etc/passwd"),
-            ("dangling", "nope"),
-            ("dir_link", "nested"),
-        ] {
+        for (link, target) in [("link", "a.txt"), ("abs", "/etc/passwd"), ("dangling", "nope"), ("dir_link", "nested")] {
             let path = copy.join(link);
             assert!(path.symlink_metadata().unwrap().is_symlink(), "{link}");
             assert_eq!(fs::read_link(&path).unwrap(), Path::new(target), "{link}");
@@ -1900,9 +1555,7 @@ mod tests {
         assert_sample_tree(&f.at("/work/copy/src"));
         assert_sample_tree(&f.at("/work/copy"));
         // Single files.
-        f.rootfs
-            .copy_to(&src.join("bin/run.sh"), "/single")
-            .unwrap();
+        f.rootfs.copy_to(&src.join("bin/run.sh"), "/single").unwrap();
         assert_eq!(mode_of(&f.at("/single")), 0o755);
         f.rootfs.copy_to(&src.join("a.txt"), "/work").unwrap();
         assert_eq!(fs::read(f.at("/work/a.txt")).unwrap(), b"hello");
@@ -1918,14 +1571,10 @@ mod tests {
         assert_sample_tree(&host.path().join("copy"));
         f.rootfs.copy_from("/work/copy", &back).unwrap();
         assert_sample_tree(&back.join("copy"));
-        f.rootfs
-            .copy_from("/single", &host.path().join("single"))
-            .unwrap();
+        f.rootfs.copy_from("/single", &host.path().join("single")).unwrap();
         assert_eq!(mode_of(&host.path().join("single")), 0o755);
         // A top-level symlink is followed inside the root.
-        f.rootfs
-            .copy_from("/work/copy/link", &host.path().join("followed"))
-            .unwrap();
+        f.rootfs.copy_from("/work/copy/link", &host.path().join("followed")).unwrap();
         assert_eq!(fs::read(host.path().join("followed")).unwrap(), b"hello");
         let r = f.rootfs.copy_from("/", host.path());
         assert!(matches!(r, Err(FilesError::InvalidPath { .. })), "{r:?}");
@@ -1940,11 +1589,9 @@ mod tests {
         symlink(&f.secret, f.at("/tree/secret")).unwrap();
         symlink("../../../../host", f.at("/tree/up")).unwrap();
         f.rootfs.copy_from("/tree", &out.path().join("t")).unwrap();
-        for (name, target) in [
-            ("pw", PathBuf::from("/etc/passwd")),
-            ("secret", f.secret.clone()),
-            ("up", PathBuf::from("../../../../host")),
-        ] {
+        for (name, target) in
+            [("pw", PathBuf::from("/etc/passwd")), ("secret", f.secret.clone()), ("up", PathBuf::from("../../../../host"))]
+        {
             let link = out.path().join("t").join(name);
             assert!(link.symlink_metadata().unwrap().is_symlink(), "{name}");
             assert_eq!(fs::read_link(&link).unwrap(), target);
@@ -1962,22 +1609,14 @@ mod tests {
         fs::write(f.at("/tree/file"), b"overwrite?").unwrap();
         // Into an existing host dir: /tree2 merges into out/tree2, whose pw is a link.
         let r = f.rootfs.copy_from("/tree2", out.path());
-        assert!(
-            matches!(r, Err(FilesError::HostNotRegularFile { .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(FilesError::HostNotRegularFile { .. })), "{r:?}");
         let r = f.rootfs.copy_from("/tree/file", &out.path().join("t/file"));
-        assert!(
-            matches!(r, Err(FilesError::HostNotRegularFile { .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(FilesError::HostNotRegularFile { .. })), "{r:?}");
         assert_eq!(fs::read(&victim).unwrap(), b"victim");
         assert_eq!(fs::read(&f.secret).unwrap(), SECRET);
         // The top-level path follows the link inside the root: the sandbox's passwd.
         symlink("/etc/passwd", f.at("/pwlink")).unwrap();
-        f.rootfs
-            .copy_from("/pwlink", &out.path().join("pw"))
-            .unwrap();
+        f.rootfs.copy_from("/pwlink", &out.path().join("pw")).unwrap();
         assert_eq!(fs::read(out.path().join("pw")).unwrap(), SANDBOX_PASSWD);
     }
 
@@ -1991,21 +1630,10 @@ mod tests {
         }
         fs::create_dir_all(&deep).unwrap();
         // Exactly MAX_COPY_DEPTH levels copy...
-        f.rootfs
-            .copy_from("/deep/d", &out.path().join("ok"))
-            .unwrap();
+        f.rootfs.copy_from("/deep/d", &out.path().join("ok")).unwrap();
         // ...one more does not.
         let r = f.rootfs.copy_from("/deep", &out.path().join("too"));
-        assert!(
-            matches!(
-                r,
-                Err(FilesError::TooDeep {
-                    limit: MAX_COPY_DEPTH,
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(FilesError::TooDeep { limit: MAX_COPY_DEPTH, .. })), "{r:?}");
         let r = f.rootfs.copy_to(&f.root.join("deep"), "/deep2");
         assert!(matches!(r, Err(FilesError::TooDeep { .. })), "{r:?}");
     }
@@ -2024,12 +1652,8 @@ mod tests {
             f.rootfs.read_file("/etc/passwd", 1).unwrap_err(),
             f.rootfs.write_file("/etc", b"", 0o644).unwrap_err(),
             f.rootfs.mkdir_all("/etc/passwd", 0o755).unwrap_err(),
-            f.rootfs
-                .copy_from("/tmp/f", &out.path().join("x"))
-                .unwrap_err(),
-            f.rootfs
-                .copy_to(&out.path().join("missing"), "/x")
-                .unwrap_err(),
+            f.rootfs.copy_from("/tmp/f", &out.path().join("x")).unwrap_err(),
+            f.rootfs.copy_to(&out.path().join("missing"), "/x").unwrap_err(),
         ];
         let root = f.root.to_string_lossy().into_owned();
         for e in errors {

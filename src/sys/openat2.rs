@@ -24,10 +24,7 @@ use nix::errno::Errno;
 /// * [`RESOLVE_NO_SYMLINKS`]: fail with `ELOOP` on any symlink.
 /// * [`RESOLVE_NO_XDEV`]: fail with `EXDEV` on any mount crossing.
 /// * [`RESOLVE_CACHED`]: fail with `EAGAIN` unless the lookup can be done from the dcache.
-pub use libc::{
-    RESOLVE_BENEATH, RESOLVE_CACHED, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS,
-    RESOLVE_NO_XDEV,
-};
+pub use libc::{RESOLVE_BENEATH, RESOLVE_CACHED, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV};
 
 /// Opens `path` relative to `dirfd` with `openat2(2)`.
 ///
@@ -42,13 +39,7 @@ pub use libc::{
 /// `RESOLVE_BENEATH` lookup of `..` raced with a rename or mount elsewhere on the system
 /// (callers retry), `ELOOP` for refused symlinks or magic links, and `ENOSYS` on kernels
 /// older than 5.6.
-pub fn openat2(
-    dirfd: BorrowedFd<'_>,
-    path: &CStr,
-    flags: i32,
-    mode: u32,
-    resolve: u64,
-) -> nix::Result<OwnedFd> {
+pub fn openat2(dirfd: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32, resolve: u64) -> nix::Result<OwnedFd> {
     // open_how.flags is a u64. A negative i32 would sign-extend into the upper bits, which the
     // kernel rejects anyway, so refuse it here instead of casting.
     let flags = u64::try_from(flags | libc::O_CLOEXEC).map_err(|_| Errno::EINVAL)?;
@@ -104,34 +95,11 @@ mod tests {
         fs::write(tmp.path().join("outside"), b"outside").unwrap();
         let dir = open_dir(&root);
 
-        let fd = openat2(
-            dir.as_fd(),
-            c"../../../../etc/name",
-            libc::O_RDONLY,
-            0,
-            RESOLVE_IN_ROOT,
-        )
-        .unwrap();
-        assert_eq!(
-            fs::read_to_string(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap(),
-            "inside"
-        );
+        let fd = openat2(dir.as_fd(), c"../../../../etc/name", libc::O_RDONLY, 0, RESOLVE_IN_ROOT).unwrap();
+        assert_eq!(fs::read_to_string(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap(), "inside");
         // The same path without RESOLVE_IN_ROOT and with RESOLVE_BENEATH is refused.
-        assert_eq!(
-            openat2(
-                dir.as_fd(),
-                c"../outside",
-                libc::O_RDONLY,
-                0,
-                RESOLVE_BENEATH
-            )
-            .unwrap_err(),
-            Errno::EXDEV
-        );
-        assert_eq!(
-            openat2(dir.as_fd(), c"/outside", libc::O_RDONLY, 0, RESOLVE_IN_ROOT).unwrap_err(),
-            Errno::ENOENT
-        );
+        assert_eq!(openat2(dir.as_fd(), c"../outside", libc::O_RDONLY, 0, RESOLVE_BENEATH).unwrap_err(), Errno::EXDEV);
+        assert_eq!(openat2(dir.as_fd(), c"/outside", libc::O_RDONLY, 0, RESOLVE_IN_ROOT).unwrap_err(), Errno::ENOENT);
     }
 
     #[test]
@@ -148,33 +116,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = open_dir(tmp.path());
         // Negative flags never reach the kernel.
-        assert_eq!(
-            openat2(dir.as_fd(), c".", -1, 0, 0).unwrap_err(),
-            Errno::EINVAL
-        );
+        assert_eq!(openat2(dir.as_fd(), c".", -1, 0, 0).unwrap_err(), Errno::EINVAL);
         // Unknown resolve bits and a mode without O_CREAT are rejected by the kernel.
-        assert_eq!(
-            openat2(dir.as_fd(), c".", libc::O_PATH, 0, 1 << 40).unwrap_err(),
-            Errno::EINVAL
-        );
-        assert_eq!(
-            openat2(dir.as_fd(), c".", libc::O_RDONLY, 0o644, 0).unwrap_err(),
-            Errno::EINVAL
-        );
+        assert_eq!(openat2(dir.as_fd(), c".", libc::O_PATH, 0, 1 << 40).unwrap_err(), Errno::EINVAL);
+        assert_eq!(openat2(dir.as_fd(), c".", libc::O_RDONLY, 0o644, 0).unwrap_err(), Errno::EINVAL);
     }
 
     #[test]
     fn creates_with_mode() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = open_dir(tmp.path());
-        let fd = openat2(
-            dir.as_fd(),
-            c"new",
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-            0o600,
-            RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS,
-        )
-        .unwrap();
+        let fd = openat2(dir.as_fd(), c"new", libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
+            .unwrap();
         drop(fd);
         assert!(tmp.path().join("new").is_file());
     }

@@ -1,0 +1,140 @@
+//! Shared helpers of the integration tests: the root check that skips
+//! loudly (and fails under SANDBOX_TESTS_MUST_RUN=1), test rootfs fixtures,
+//! a private state root per test, and leak checks.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use envbox::{Image, SandboxConfig};
+use envbox_rootfs::fixtures::{self, Fixture};
+
+/// Returns from the test (loudly) unless we are root; under
+/// SANDBOX_TESTS_MUST_RUN=1 a skip is a failure.
+#[macro_export]
+macro_rules! require_root {
+    ($name:expr) => {
+        if !nix::unistd::geteuid().is_root() {
+            if std::env::var("SANDBOX_TESTS_MUST_RUN").as_deref() == Ok("1") {
+                panic!("{} requires root and SANDBOX_TESTS_MUST_RUN=1 forbids skipping", $name);
+            }
+            eprintln!("{} requires root. Skipping test.", $name);
+            return;
+        }
+    };
+}
+
+/// A state root of its own for one test; removed (with a leak check) by
+/// `TestRoot::finish`.
+pub struct TestRoot {
+    pub path: PathBuf,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestRoot {
+    pub fn new(tag: &str) -> TestRoot {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = PathBuf::from(format!("/tmp/envbox-test-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create test root");
+        TestRoot { path }
+    }
+
+    /// A config on `image` under this root, run by the envbox binary cargo
+    /// built for this test run.
+    pub fn config(&self, image: Image) -> SandboxConfig {
+        SandboxConfig { image, root: self.path.clone(), agent: Some(agent()), ..Default::default() }
+    }
+
+    /// Asserts nothing of this root is left: no sandbox dirs, no cgroups, no
+    /// host mounts mentioning it, no agent processes.
+    pub fn assert_clean(&self) {
+        // Deletion of directories may run on a background thread.
+        for _ in 0..200 {
+            if leftovers(&self.path).is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(leftovers(&self.path), Vec::<String>::new(), "sandbox directories left under {}", self.path.display());
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.path.display().to_string();
+        assert!(!mountinfo.contains(&root), "host mounts mention {root}:\n{mountinfo}");
+        assert_eq!(cgroups_of(&self.path), Vec::<String>::new(), "cgroups left for {root}");
+    }
+}
+
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        // Best effort: kill what a failed test left, then remove the root.
+        let _ = envbox::collect_garbage(&self.path);
+        for s in envbox::list(&self.path).unwrap_or_default() {
+            if let Ok(sb) = envbox::Sandbox::open(&self.path, &s.name) {
+                let _ = sb.delete_and_wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Entries of a state root other than the shared image cache and the trash.
+pub fn leftovers(root: &Path) -> Vec<String> {
+    let mut out: Vec<String> =
+        std::fs::read_dir(root).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    out.retain(|n| n != ".images" && n != ".trash");
+    if let Ok(t) = std::fs::read_dir(root.join(".trash")) {
+        out.extend(t.flatten().map(|e| format!(".trash/{}", e.file_name().to_string_lossy())));
+    }
+    out.sort();
+    out
+}
+
+/// cgroup directories (any hierarchy) that belong to this state root.
+pub fn cgroups_of(root: &Path) -> Vec<String> {
+    let layout = envbox::cgroup::Layout::detect().expect("cgroup layout");
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    envbox::cgroup::Cgroup::list(&layout, "envbox", &format!("{}-", tag_of(&root)))
+}
+
+/// Same FNV-1a tag as the runtime uses for cgroup names.
+fn tag_of(root: &Path) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in root.as_os_str().as_encoded_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+/// The envbox binary of this build (it runs as every sandbox's PID 1).
+pub fn agent() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_envbox"))
+}
+
+pub fn busybox() -> Image {
+    Image::Dir(fixtures::ensure(Fixture::Busybox).expect("busybox test rootfs"))
+}
+
+pub fn debian() -> Image {
+    Image::Dir(fixtures::ensure(Fixture::Debian).expect("debian test rootfs"))
+}
+
+/// Processes whose parent is `pid`.
+pub fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+pub fn process_exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
+/// Open fds of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
