@@ -572,20 +572,26 @@ impl Manager {
         sys::kill_all_but_self();
         reap_all_blocking();
         let old = self.generation.borrow().clone();
-        if let Err(e) = setup::reset(&self.cfg, &self.handles, &new, &mounts) {
-            let err = AgentError { kind: ErrorKind::ResetFailed, message: crate::error::chain(&e) };
-            let _ = proto::write_frame_async(writer, kind::ERROR, &proto::json(&err)).await;
-            // A half-swapped root is not a sandbox anyone should use: exit,
-            // which takes every process down; the host reports it dead.
-            #[allow(clippy::exit)]
-            std::process::exit(1);
-        }
+        let old_root = match setup::reset(&self.cfg, &self.handles, &new, &mounts) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let err = AgentError { kind: ErrorKind::ResetFailed, message: crate::error::chain(&e) };
+                let _ = proto::write_frame_async(writer, kind::ERROR, &proto::json(&err)).await;
+                // A half-swapped root is not a sandbox anyone should use: exit,
+                // which takes every process down; the host reports it dead.
+                #[allow(clippy::exit)]
+                std::process::exit(1);
+            }
+        };
         drop(mounts);
         *self.generation.borrow_mut() = new.clone();
         let spawned = self.ensure_shell();
         // The old upper layer can be huge; delete it off the hot path.
         let old_dir = setup::gen_dir(&self.handles, &old);
         let _ = std::thread::Builder::new().name("envbox-gc".into()).spawn(move || {
+            // The last reference to the old overlay goes here, not on the
+            // reset's path: its teardown costs one eviction per file.
+            drop(old_root);
             let _ = std::fs::remove_dir_all(old_dir);
         });
         if let Err(e) = spawned {

@@ -183,7 +183,11 @@ fn ensure_workdir(workdir: &str) {
 /// host's mount namespace can name the layers) on a fresh mount point, moves
 /// the volumes, /proc and /sys over, makes a new /dev, and pivots into it.
 /// The caller has killed every other process.
-pub fn reset(cfg: &AgentConfig, h: &HostHandles, generation: &str, overlays: &[OwnedFd]) -> Result<()> {
+///
+/// Returns an fd that pins the old root: dropping it tears the old overlay
+/// down (evicting every inode the sandbox touched), so the caller drops it
+/// off the hot path.
+pub fn reset(cfg: &AgentConfig, h: &HostHandles, generation: &str, overlays: &[OwnedFd]) -> Result<OwnedFd> {
     if overlays.len() != cfg.overlays.len() {
         return Err(SetupError::ResetMounts { expected: cfg.overlays.len(), got: overlays.len() });
     }
@@ -215,7 +219,8 @@ pub fn reset(cfg: &AgentConfig, h: &HostHandles, generation: &str, overlays: &[O
         mounts::move_mount(special, &target)?;
     }
     mounts::mount_dev(&next)?;
+    let old_root = open_path(Path::new("/"))?;
     pivot::pivot_into(&next)?;
     ensure_workdir(&cfg.workdir);
-    Ok(())
+    Ok(old_root)
 }

@@ -153,13 +153,19 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
     };
     st.write(&dir).map_err(|e| fail(&mut undo, io("writing state.json")(e)))?;
 
-    // Step 4: cgroups with the limits.
-    let layout = cgroup_layout().map_err(|e| fail(&mut undo, e))?;
+    // Step 4: cgroups, only when a limit is asked for. Moving a process
+    // into a cgroup costs a global RCU grace period on current kernels
+    // (~9 ms here), and without limits nothing needs one: PID 1's death
+    // kills the whole PID namespace.
     let limits =
         cgroup::Limits { memory_bytes: config.limits.memory_bytes, cpu_millis: config.limits.cpu_millis, pids_max: config.limits.pids };
-    let cg = Cgroup::create(layout, CGROUP_PARENT, &id, &limits).map_err(|e| fail(&mut undo, e.into()))?;
-    let oom_events = config.limits.memory_bytes.and(cg.oom_events_path());
-    undo.cgroup = Some(cg);
+    let mut oom_events = None;
+    if limits != cgroup::Limits::default() {
+        let layout = cgroup_layout().map_err(|e| fail(&mut undo, e))?;
+        let cg = Cgroup::create(layout, CGROUP_PARENT, &id, &limits).map_err(|e| fail(&mut undo, e.into()))?;
+        oom_events = config.limits.memory_bytes.and(cg.oom_events_path());
+        undo.cgroup = Some(cg);
+    }
 
     // Step 5: the agent's endpoints: the socket clients connect to (bound
     // here, so it exists before the agent runs and works whatever network
