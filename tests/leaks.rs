@@ -11,6 +11,12 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
 }
 
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.flatten().map(|e| std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string()).collect())
+        .unwrap_or_default()
+}
+
 #[test]
 fn many_lifecycles_leak_nothing() {
     require_root!("many_lifecycles_leak_nothing");
@@ -18,32 +24,34 @@ fn many_lifecycles_leak_nothing() {
     let mut cfg = root.config(common::debian());
     // Warm-up: things opened once and kept (the cgroup layout, the image view).
     Sandbox::create(&cfg, "warm").unwrap().delete_and_wait().unwrap();
-    let fds = common::fd_count();
-    let mut tasks = 0;
+    let (fds, tasks) = (common::fd_count(), threads());
     for round in 0..4 {
-        // Threads are counted from after the first round: the runtime (and
-        // the test harness) may start one lazily, once; a leak grows with
-        // every cycle.
-        if round == 1 {
-            tasks = threads();
-        }
         cfg.limits.pids = if round % 2 == 0 { Some(128) } else { None };
         std::thread::scope(|s| {
             for w in 0..8 {
                 let cfg = &cfg;
-                s.spawn(move || {
-                    for i in 0..25 {
-                        let sb = Sandbox::create(cfg, &format!("l{round}-{w}-{i}")).unwrap();
-                        sb.run("echo x > /tmp/x; sleep 1000 &").unwrap();
-                        sb.reset().unwrap();
-                        sb.delete_and_wait().unwrap();
-                    }
-                });
+                let worker = std::thread::Builder::new().name("leak-worker".into());
+                worker
+                    .spawn_scoped(s, move || {
+                        for i in 0..25 {
+                            let sb = Sandbox::create(cfg, &format!("l{round}-{w}-{i}")).unwrap();
+                            sb.run("echo x > /tmp/x; sleep 1000 &").unwrap();
+                            sb.reset().unwrap();
+                            sb.delete_and_wait().unwrap();
+                        }
+                    })
+                    .unwrap();
             }
         });
     }
+    // A scope returns when the workers' closures have returned; the OS
+    // threads may still be exiting for a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while thread_names().iter().any(|n| n == "leak-worker") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     root.assert_clean();
     assert_eq!(common::fd_count(), fds, "fds leaked");
-    assert_eq!(threads(), tasks, "threads leaked");
+    assert_eq!(threads(), tasks, "threads leaked: {:?}", thread_names());
     assert!(common::children(i32::try_from(std::process::id()).unwrap()).is_empty(), "child processes left");
 }
