@@ -520,8 +520,10 @@ impl Manager {
             Completion::Code(code) => (code, false),
             Completion::ShellGone => (self.finish_shell(false), true),
             Completion::Killed => {
-                // Everything but us, the shell included, in one sweep.
-                shell::kill_others(None);
+                // Everything but us, the shell included, in one sweep (the
+                // same kill(-1) as a reset: forks cannot outrun it).
+                sys::kill_all_but_self();
+                reap_all_blocking();
                 (self.finish_shell(true), true)
             }
             Completion::Aborted => {

@@ -23,7 +23,7 @@
 //! status; it cannot reach the host or other commands.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 
 use tokio::net::unix::pipe;
@@ -166,33 +166,6 @@ pub fn take_completion(buf: &mut Vec<u8>, nonce: &str) -> Option<i32> {
     found
 }
 
-/// The process ids in this PID namespace other than ours and `keep`.
-pub fn other_pids(keep: Option<i32>) -> Vec<i32> {
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
-        .filter(|&p| u32::try_from(p).ok() != Some(me) && Some(p) != keep)
-        .collect()
-}
-
-/// SIGKILLs every process in the sandbox except the agent and `keep` (the
-/// shell), repeating until none is left so that forking children cannot
-/// outrun it. Bounded.
-pub fn kill_others(keep: Option<i32>) {
-    for _ in 0..100 {
-        let victims = other_pids(keep);
-        if victims.is_empty() {
-            return;
-        }
-        for p in victims {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
-        }
-        crate::agent::reap_all_nonblocking();
-    }
-}
-
 impl Shell {
     /// Reads what is available on the signal pipe; `Ok(false)` on EOF.
     pub fn read_signal(&mut self) -> io::Result<bool> {
@@ -205,11 +178,6 @@ impl Shell {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// The raw fd numbers, for diagnostics.
-    pub fn fds(&self) -> [i32; 4] {
-        [self.stdin.as_fd().as_raw_fd(), self.stdout.as_fd().as_raw_fd(), self.stderr.as_fd().as_raw_fd(), self.signal.as_fd().as_raw_fd()]
     }
 }
 

@@ -47,8 +47,14 @@ impl Output {
         String::from_utf8_lossy(&self.stderr)
     }
 
-    fn from_done(stdout: Vec<u8>, stderr: Vec<u8>, d: &ExecDone) -> Output {
-        Output {
+    /// The result of a finished command, or `Error::Timeout` (with the
+    /// output collected so far) when it timed out.
+    pub(crate) fn from_done(stdout: Vec<u8>, stderr: Vec<u8>, d: ExecDone, opts: &RunOptions) -> Result<Output> {
+        if d.timed_out {
+            let seconds = opts.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0);
+            return Err(Error::Timeout { seconds, stdout, stderr, done: Box::new(d) });
+        }
+        Ok(Output {
             stdout,
             stderr,
             exit_code: d.exit_code,
@@ -57,7 +63,7 @@ impl Output {
             stderr_truncated: d.stderr_truncated,
             shell_restarted: d.shell_restarted,
             duration: Duration::from_micros(d.duration_us),
-        }
+        })
     }
 }
 
@@ -138,11 +144,7 @@ impl Connection {
             Chunk::Stdout(b) => stdout.extend_from_slice(b),
             Chunk::Stderr(b) => stderr.extend_from_slice(b),
         })?;
-        if done.timed_out {
-            let seconds = opts.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0);
-            return Err(Error::Timeout { seconds, stdout, stderr, done: Box::new(done) });
-        }
-        Ok(Output::from_done(stdout, stderr, &done))
+        Output::from_done(stdout, stderr, done, opts)
     }
 
     /// Resets the sandbox's filesystem and shell onto `mounts` (detached

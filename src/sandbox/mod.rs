@@ -74,7 +74,7 @@ pub fn require_root() -> Result<()> {
 
 /// A short hash of the state root, so sandboxes of different roots never
 /// share a cgroup name (FNV-1a; stable across builds).
-pub(crate) fn root_tag(root: &Path) -> String {
+pub fn root_tag(root: &Path) -> String {
     let mut h: u32 = 0x811c_9dc5;
     for b in root.as_os_str().as_encoded_bytes() {
         h ^= u32::from(*b);
@@ -191,19 +191,8 @@ impl Sandbox {
     /// Runs a command and hands its output over as it arrives.
     pub fn run_streaming(&self, cmd: &str, opts: &RunOptions, on_chunk: &mut dyn FnMut(Chunk<'_>)) -> Result<Output> {
         let done = self.with_conn(|c| c.exec_streaming(cmd.as_bytes(), opts, on_chunk))?;
-        if done.timed_out {
-            let seconds = opts.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0);
-            return Err(Error::Timeout { seconds, stdout: Vec::new(), stderr: Vec::new(), done: Box::new(done) });
-        }
-        Ok(Output {
-            exit_code: done.exit_code,
-            oom_killed: done.oom_killed,
-            stdout_truncated: done.stdout_truncated,
-            stderr_truncated: done.stderr_truncated,
-            shell_restarted: done.shell_restarted,
-            duration: Duration::from_micros(done.duration_us),
-            ..Default::default()
-        })
+        // The output went to `on_chunk`; the result carries only the status.
+        Output::from_done(Vec::new(), Vec::new(), done, opts)
     }
 
     /// Throws away every filesystem change since create and starts a fresh

@@ -7,7 +7,7 @@
 
 pub mod openat2;
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -260,16 +260,6 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// not on whatever a path string points to later.
 pub fn fd_path(fd: BorrowedFd<'_>) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
-}
-
-/// Converts a `&CStr` view; a tiny helper to keep call sites short.
-pub fn cstr(s: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-/// Borrow of a C string for APIs that want `&CStr`.
-pub fn as_cstr(s: &CString) -> &CStr {
-    s.as_c_str()
 }
 
 /// `dup2(src, dst)` that leaves `dst` inheritable even when `src == dst`

@@ -94,17 +94,7 @@ pub fn leftovers(root: &Path) -> Vec<String> {
 pub fn cgroups_of(root: &Path) -> Vec<String> {
     let layout = envbox::cgroup::Layout::detect().expect("cgroup layout");
     let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    envbox::cgroup::Cgroup::list(&layout, "envbox", &format!("{}-", tag_of(&root)))
-}
-
-/// Same FNV-1a tag as the runtime uses for cgroup names.
-fn tag_of(root: &Path) -> String {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in root.as_os_str().as_encoded_bytes() {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    format!("{h:08x}")
+    envbox::cgroup::Cgroup::list(&layout, "envbox", &format!("{}-", envbox::sandbox::root_tag(&root)))
 }
 
 /// The envbox binary of this build (it runs as every sandbox's PID 1).
