@@ -149,15 +149,15 @@ pub fn main() -> i32 {
     };
     let _guard = rt.enter();
     let mut manager = Manager::new(cfg, handles, oom);
-    // Start the shell now; it initialises while the host finishes create.
-    if let Err(e) = manager.ensure_shell() {
-        return startup_failed(&mut control, &format!("starting the shell failed: {e}"));
-    }
     let reply = proto::json(&StartupReply { error: None });
     if proto::write_frame(&mut control, kind::PONG, &reply).is_err() {
         return 1;
     }
     drop(control);
+    // The sandbox is up; the shell starts while the host finishes create
+    // (a first command waits for it). Should it fail to start, the next
+    // command tries again and reports why.
+    let _ = manager.ensure_shell();
     run_event_loop(&rt, manager, listen, lock, parent)
 }
 
@@ -587,8 +587,13 @@ impl Manager {
         };
         drop(mounts);
         *self.generation.borrow_mut() = new.clone();
-        let spawned = self.ensure_shell();
-        // The old upper layer can be huge; delete it off the hot path.
+        let done = ResetDone { duration_us: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX), generation: new };
+        let _ = proto::write_frame_async(writer, kind::RESET_DONE, &proto::json(&done)).await;
+        // After the reply: the fresh shell starts while the caller moves on
+        // (its next command waits for it; a failure to start is reported
+        // there), and the old upper layer, which can be huge, is deleted
+        // off the hot path.
+        let _ = self.ensure_shell();
         let old_dir = setup::gen_dir(&self.handles, &old);
         let _ = std::thread::Builder::new().name("envbox-gc".into()).spawn(move || {
             // The last reference to the old overlay goes here, not on the
@@ -596,12 +601,5 @@ impl Manager {
             drop(old_root);
             let _ = std::fs::remove_dir_all(old_dir);
         });
-        if let Err(e) = spawned {
-            let err = AgentError { kind: ErrorKind::ShellSpawn, message: format!("starting the shell after reset failed: {e}") };
-            let _ = proto::write_frame_async(writer, kind::ERROR, &proto::json(&err)).await;
-            return;
-        }
-        let done = ResetDone { duration_us: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX), generation: new };
-        let _ = proto::write_frame_async(writer, kind::RESET_DONE, &proto::json(&done)).await;
     }
 }

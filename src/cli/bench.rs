@@ -20,6 +20,9 @@ pub struct Args {
     /// Seconds of each throughput phase.
     #[arg(long, default_value_t = 3.0)]
     throughput_secs: f64,
+    /// Network of the sandboxes: none (a private namespace) or host.
+    #[arg(long, default_value = "none")]
+    net: envbox::Network,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -32,6 +35,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         iterations: a.iterations.max(1),
         root: root.to_path_buf(),
         throughput_secs: a.throughput_secs.clamp(0.1, 600.0),
+        network: a.net,
     };
     let r = bench::run(&opts)?;
     if a.json {
