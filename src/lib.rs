@@ -20,6 +20,7 @@ pub mod cgroup;
 pub mod config;
 pub mod error;
 pub mod fs;
+pub mod namespace;
 pub mod sandbox;
 pub mod security;
 pub mod sys;

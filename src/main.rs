@@ -9,6 +9,8 @@ fn main() {
         std::process::exit(envbox::agent::main());
     }
     envbox::mark_current_exe_as_agent();
+    // One create per process: spare network namespaces would be wasted.
+    envbox::namespace::disable_pool();
     std::process::exit(cli::main());
 }
 

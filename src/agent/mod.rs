@@ -47,6 +47,9 @@ pub const FD_LISTEN: RawFd = 4;
 pub const FD_LOCK: RawFd = 5;
 /// A pidfd of the creating process; present unless the sandbox is detached.
 pub const FD_PARENT: RawFd = 6;
+/// The sandbox's network namespace, made ahead by the host; present with
+/// `--net none`.
+pub const FD_NETNS: RawFd = 7;
 
 /// The hidden subcommand that runs the agent.
 pub const AGENT_SUBCOMMAND: &str = "__agent";
@@ -126,6 +129,12 @@ pub fn main() -> i32 {
     let listen = sys::take_inherited_fd(FD_LISTEN);
     let lock = sys::take_inherited_fd(FD_LOCK);
     let parent = sys::take_inherited_fd(FD_PARENT);
+    if let Some(netns) = sys::take_inherited_fd(FD_NETNS) {
+        if let Err(e) = nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET) {
+            let mut control = StdUnixStream::from(control);
+            return startup_failed(&mut control, &format!("joining the sandbox's network namespace failed: {e}"));
+        }
+    }
     let mut control = StdUnixStream::from(control);
     let cfg: AgentConfig = match proto::read_frame(&mut control) {
         Ok(Some((_, payload))) => match serde_json::from_slice(&payload) {

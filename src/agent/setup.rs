@@ -10,7 +10,6 @@ use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 
 use super::AgentConfig;
-use crate::config::Network;
 use crate::fs::{mounts, overlay, pivot, FsError};
 use crate::sandbox::files::RootFs;
 use crate::sys;
@@ -131,10 +130,8 @@ pub fn setup(cfg: &AgentConfig) -> Result<HostHandles> {
             .collect::<Result<Vec<_>>>()?,
         volume_is_dir: cfg.volumes.iter().map(|v| v.host.is_dir()).collect(),
     };
-    // Step 3: a private network namespace has loopback, down; bring it up.
-    if cfg.network == Network::None {
-        sys::loopback_up().map_err(FsError::Loopback)?;
-    }
+    // Step 3 (network) is done: with --net none the host made our network
+    // namespace ahead of time, loopback up, and we joined it at start.
     // Step 4: the copy-on-write root, at the state dir's mount point (which
     // only this mount namespace sees).
     let rootfs = cfg.state_dir.join("rootfs").display().to_string();

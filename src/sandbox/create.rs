@@ -188,15 +188,26 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
 
     // Step 6: start the agent in new namespaces. The cgroup namespace is
     // not among them: the agent unshares it after joining its cgroups.
-    let mut namespaces = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    if config.network == Network::None {
-        namespaces |= libc::CLONE_NEWNET;
-    }
-    let spawn = spawn_agent(&agent_path, namespaces, &devnull, &log, &agent_control, &listener, &lock, parent_pidfd.as_ref())
-        .map_err(|e| fail(&mut undo, io("starting the sandbox agent")(e)))?;
+    // Its network namespace (--net none) was made ahead of time; the agent
+    // joins it.
+    let namespaces = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    let netns = match config.network {
+        Network::None => Some(crate::namespace::take_netns().map_err(|e| fail(&mut undo, io("making a network namespace")(e)))?),
+        Network::Host => None,
+    };
+    let inherited = AgentFds {
+        devnull: &devnull,
+        log: &log,
+        control: &agent_control,
+        listener: &listener,
+        lock: &lock,
+        parent: parent_pidfd.as_ref(),
+        netns: netns.as_ref(),
+    };
+    let spawn = spawn_agent(&agent_path, namespaces, &inherited).map_err(|e| fail(&mut undo, io("starting the sandbox agent")(e)))?;
     let pid = spawn.0;
     undo.agent = Some(spawn);
-    drop((agent_control, listener, devnull, log, parent_pidfd));
+    drop((agent_control, listener, devnull, log, parent_pidfd, netns));
 
     // Step 7: into the cgroups before it does anything.
     if let Some(cg) = &undo.cgroup {
@@ -259,30 +270,34 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn spawn_agent(
-    agent: &Path,
-    namespaces: libc::c_int,
-    devnull: &File,
-    log: &File,
-    control: &UnixStream,
-    listener: &UnixListener,
-    lock: &File,
-    parent: Option<&OwnedFd>,
-) -> std::io::Result<(i32, OwnedFd)> {
+/// What the agent inherits, by fd number (see the `agent::FD_*` constants).
+struct AgentFds<'a> {
+    devnull: &'a File,
+    log: &'a File,
+    control: &'a UnixStream,
+    listener: &'a UnixListener,
+    lock: &'a File,
+    parent: Option<&'a OwnedFd>,
+    netns: Option<&'a OwnedFd>,
+}
+
+fn spawn_agent(agent: &Path, namespaces: libc::c_int, fds: &AgentFds<'_>) -> std::io::Result<(i32, OwnedFd)> {
     // Sources are duplicated above every target first, so the dup2 calls in
     // the child cannot clobber each other.
     let high = |fd: std::os::fd::BorrowedFd<'_>| sys::dup_above(fd, 16);
     let mut keep = vec![
-        (high(devnull.as_fd())?, 0),
-        (high(log.as_fd())?, 1),
-        (high(log.as_fd())?, 2),
-        (high(control.as_fd())?, agent::FD_CONTROL),
-        (high(listener.as_fd())?, agent::FD_LISTEN),
-        (high(lock.as_fd())?, agent::FD_LOCK),
+        (high(fds.devnull.as_fd())?, 0),
+        (high(fds.log.as_fd())?, 1),
+        (high(fds.log.as_fd())?, 2),
+        (high(fds.control.as_fd())?, agent::FD_CONTROL),
+        (high(fds.listener.as_fd())?, agent::FD_LISTEN),
+        (high(fds.lock.as_fd())?, agent::FD_LOCK),
     ];
-    if let Some(p) = parent {
+    if let Some(p) = fds.parent {
         keep.push((high(p.as_fd())?, agent::FD_PARENT));
+    }
+    if let Some(n) = fds.netns {
+        keep.push((high(n.as_fd())?, agent::FD_NETNS));
     }
     let spec = sys::SpawnSpec {
         path: CString::new(agent.as_os_str().as_encoded_bytes()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?,

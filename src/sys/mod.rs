@@ -59,7 +59,14 @@ extern "C" fn spawn_child(arg: *mut libc::c_void) -> libc::c_int {
         max_target = max_target.max(dst);
     }
     // Close every other inherited fd: nothing of the host's leaks into the
-    // sandbox (SECURITY.md L1). The flag is 0, so the close is immediate.
+    // sandbox (SECURITY.md L1): the gaps between targets, then everything
+    // above them. The flag is 0, so the close is immediate.
+    for fd in 0..max_target {
+        if !args.fds.iter().any(|&(_, dst)| dst == fd) {
+            // SAFETY: closing an fd of this (child) process; EBADF is fine.
+            unsafe { libc::close(fd) };
+        }
+    }
     // SAFETY: close_range only closes fds of this (child) process.
     unsafe {
         libc::syscall(libc::SYS_close_range, max_target + 1, libc::c_uint::MAX, 0);
