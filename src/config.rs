@@ -39,6 +39,12 @@ pub enum ConfigError {
     UnusableImagePath { path: PathBuf },
     #[error("volume source {path} does not exist on the host")]
     MissingVolumeSource { path: PathBuf },
+    #[error("invalid environment type {input:?}: expected function or http")]
+    InvalidEnvKind { input: String },
+    #[error("invalid publish address {input:?}: expected IP:PORT on a loopback or local address, e.g. 127.0.0.1:8000")]
+    InvalidPublish { input: String },
+    #[error("invalid environment server setting: {reason}")]
+    InvalidServe { reason: String },
 }
 
 /// What the sandbox's root filesystem is made of.
@@ -161,6 +167,116 @@ pub struct SandboxConfig {
     /// The envbox binary that runs as the sandbox's PID 1. `None`: found
     /// automatically (see `agent_binary`).
     pub agent: Option<PathBuf>,
+    /// Serve an environment (env.py) with the /health /methods /call API.
+    #[serde(default)]
+    pub serve: Option<ServeConfig>,
+    /// The group the sandbox belongs to (the replicas of `envbox run
+    /// --replicas N` share one, so `envbox call GROUP` reaches any of them).
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// How an environment is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvKind {
+    /// env.py holds an `Actor` class and/or module functions; the agent's
+    /// dispatcher runs them in a python3 worker.
+    #[default]
+    Function,
+    /// The environment is its own HTTP server (a FastAPI app in env.py, or
+    /// a server command); the dispatcher proxies to it.
+    Http,
+}
+
+impl std::str::FromStr for EnvKind {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "function" | "function_based" => Ok(EnvKind::Function),
+            "http" | "http_based" => Ok(EnvKind::Http),
+            _ => Err(ConfigError::InvalidEnvKind { input: s.to_string() }),
+        }
+    }
+}
+
+impl EnvKind {
+    /// The reference's build-time detection: `http` when env.py mentions
+    /// FastAPI and assigns `app`, else `function`.
+    pub fn detect(env_py: &str) -> EnvKind {
+        if env_py.contains("FastAPI") && (env_py.contains("app = ") || env_py.contains("app=")) {
+            EnvKind::Http
+        } else {
+            EnvKind::Function
+        }
+    }
+}
+
+/// The environment served by a sandbox's dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServeConfig {
+    pub kind: EnvKind,
+    /// The environment's directory inside the sandbox (holds env.py).
+    pub app_dir: String,
+    /// The python interpreter inside the sandbox; `None`: python3 from PATH.
+    pub python: Option<String>,
+    /// `Http` only: the server command; `None`: uvicorn serving `env:app`.
+    pub command: Option<Vec<String>>,
+    /// `Http` only: the port the environment's server listens on inside the
+    /// sandbox's loopback.
+    pub upstream_port: u16,
+    /// Also serve the API on this TCP address (bound by the host, so it
+    /// works with `--net none`).
+    pub publish: Option<std::net::SocketAddr>,
+    /// Largest request body accepted.
+    pub max_body: u64,
+}
+
+/// Default cap on a request body of the dispatcher.
+pub const DEFAULT_MAX_BODY: u64 = 64 << 20;
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            kind: EnvKind::Function,
+            app_dir: "/app".into(),
+            python: None,
+            command: None,
+            upstream_port: 8000,
+            publish: None,
+            max_body: DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+impl ServeConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: &str| Err(ConfigError::InvalidServe { reason: reason.to_string() });
+        if !self.app_dir.starts_with('/') || self.app_dir.contains('\0') {
+            return bad("the app directory must be an absolute path inside the sandbox");
+        }
+        if self.max_body < 1024 {
+            return bad("the request body limit must be at least 1 KiB");
+        }
+        if self.upstream_port == 0 {
+            return bad("the upstream port must not be 0");
+        }
+        if let Some(cmd) = &self.command {
+            if cmd.is_empty() || cmd.iter().any(|a| a.contains('\0')) {
+                return bad("the server command must be non-empty and without NUL");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `--publish`: `IP:PORT`, or a bare `PORT` meaning 127.0.0.1:PORT.
+pub fn parse_publish(input: &str) -> Result<std::net::SocketAddr> {
+    let bad = || ConfigError::InvalidPublish { input: input.to_string() };
+    if let Ok(port) = input.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    input.parse().map_err(|_| bad())
 }
 
 /// Default state root.
@@ -183,6 +299,8 @@ impl Default for SandboxConfig {
             root: default_root(),
             detached: false,
             agent: None,
+            serve: None,
+            group: None,
         }
     }
 }
@@ -208,6 +326,12 @@ impl SandboxConfig {
             if !v.host.exists() {
                 return Err(ConfigError::MissingVolumeSource { path: v.host.clone() });
             }
+        }
+        if let Some(serve) = &self.serve {
+            serve.validate()?;
+        }
+        if let Some(group) = &self.group {
+            validate_name(group)?;
         }
         Ok(())
     }

@@ -17,15 +17,18 @@
 pub mod agent;
 pub mod bench;
 pub mod cgroup;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod fs;
+pub mod http;
 pub mod namespace;
 pub mod sandbox;
 pub mod security;
 pub mod sys;
 
-pub use config::{Image, Limits, Network, RunOptions, SandboxConfig, Volume};
+pub use client::{load_env, CallError, Env, LoadOptions, Pool};
+pub use config::{EnvKind, Image, Limits, Network, RunOptions, SandboxConfig, ServeConfig, Volume};
 pub use error::{Error, Result};
 pub use sandbox::reclaim::{collect as collect_garbage, Report as GcReport};
 pub use sandbox::{list, Chunk, Output, Sandbox, SandboxInfo};

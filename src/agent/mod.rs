@@ -8,18 +8,19 @@
 //! Its root is the sandbox, it keeps its capabilities (a reset mounts), it is
 //! not dumpable and it is immune to the OOM killer; what it runs is not.
 
+pub mod dispatch;
 pub mod proto;
 pub mod setup;
 pub mod shell;
+pub mod worker;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,16 @@ pub const FD_PARENT: RawFd = 6;
 /// `--net none`.
 pub const FD_NETNS: RawFd = 7;
 
+/// The environment's unix socket (bound by the host), when it serves one.
+pub const FD_ENV_LISTEN: RawFd = 8;
+/// The environment's published TCP port (bound by the host), if any.
+pub const FD_ENV_TCP: RawFd = 9;
+/// The environment's log file (opened by the host, append-only).
+pub const FD_ENV_LOG: RawFd = 10;
+
+/// Cap on the environment's log file.
+const ENV_LOG_CAP: u64 = 32 << 20;
+
 /// The hidden subcommand that runs the agent.
 pub const AGENT_SUBCOMMAND: &str = "__agent";
 
@@ -68,6 +79,9 @@ pub struct AgentConfig {
     pub oom_events: Option<PathBuf>,
     /// Name of the first generation's directory under `gen/`.
     pub generation: String,
+    /// The environment to serve, if any.
+    #[serde(default)]
+    pub serve: Option<crate::config::ServeConfig>,
 }
 
 /// The agent's answer to the setup.
@@ -76,10 +90,37 @@ pub struct StartupReply {
     pub error: Option<String>,
 }
 
-/// The current shell's pid, so the reaper keeps its exit status.
-static SHELL_PID: AtomicI32 = AtomicI32::new(0);
-/// Exit statuses of reaped shells, by pid.
-static SHELL_EXITS: Mutex<BTreeMap<i32, i32>> = Mutex::new(BTreeMap::new());
+/// Processes whose exit status the reaper keeps (the shell, the worker).
+static WATCHED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+/// Exit statuses of reaped watched processes, by pid.
+static EXITS: Mutex<BTreeMap<i32, i32>> = Mutex::new(BTreeMap::new());
+
+/// Asks the reaper to keep `pid`'s exit status for [`take_exit`].
+pub fn watch_pid(pid: i32) {
+    if let Ok(mut w) = WATCHED.lock() {
+        w.insert(pid);
+    }
+}
+
+/// The exit status of a watched process, once reaped.
+fn take_exit(pid: i32) -> Option<i32> {
+    EXITS.lock().ok().and_then(|mut m| m.remove(&pid))
+}
+
+/// Waits up to `wait` for a watched process to be reaped.
+pub async fn wait_exit(pid: i32, wait: Duration) -> Option<i32> {
+    let deadline = Instant::now() + wait;
+    loop {
+        reap_all_nonblocking();
+        if let Some(code) = take_exit(pid) {
+            return Some(code);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
 
 fn status_code(status: WaitStatus) -> Option<i32> {
     match status {
@@ -91,8 +132,9 @@ fn status_code(status: WaitStatus) -> Option<i32> {
 
 fn record_exit(status: WaitStatus) {
     if let (Some(pid), Some(code)) = (status.pid(), status_code(status)) {
-        if pid.as_raw() == SHELL_PID.load(Ordering::SeqCst) {
-            if let Ok(mut m) = SHELL_EXITS.lock() {
+        let watched = WATCHED.lock().is_ok_and(|mut w| w.remove(&pid.as_raw()));
+        if watched {
+            if let Ok(mut m) = EXITS.lock() {
                 m.insert(pid.as_raw(), code);
             }
         }
@@ -129,6 +171,7 @@ pub fn main() -> i32 {
     let listen = sys::take_inherited_fd(FD_LISTEN);
     let lock = sys::take_inherited_fd(FD_LOCK);
     let parent = sys::take_inherited_fd(FD_PARENT);
+    let env_fds = (sys::take_inherited_fd(FD_ENV_LISTEN), sys::take_inherited_fd(FD_ENV_TCP), sys::take_inherited_fd(FD_ENV_LOG));
     if let Some(netns) = sys::take_inherited_fd(FD_NETNS) {
         if let Err(e) = nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET) {
             let mut control = StdUnixStream::from(control);
@@ -157,7 +200,14 @@ pub fn main() -> i32 {
         Err(e) => return startup_failed(&mut control, &format!("starting the agent's runtime failed: {e}")),
     };
     let _guard = rt.enter();
-    let mut manager = Manager::new(cfg, handles, oom);
+    let env = match &cfg.serve {
+        Some(serve) => match EnvEndpoints::new(serve, &cfg, env_fds, oom.as_ref()) {
+            Ok(e) => Some(e),
+            Err(e) => return startup_failed(&mut control, &format!("setting up the environment's endpoints failed: {e}")),
+        },
+        None => None,
+    };
+    let mut manager = Manager::new(cfg, handles, oom, env.as_ref().map(|e| e.dispatcher.clone()));
     let reply = proto::json(&StartupReply { error: None });
     if proto::write_frame(&mut control, kind::PONG, &reply).is_err() {
         return 1;
@@ -167,7 +217,41 @@ pub fn main() -> i32 {
     // (a first command waits for it). Should it fail to start, the next
     // command tries again and reports why.
     let _ = manager.ensure_shell();
-    run_event_loop(&rt, manager, listen, lock, parent)
+    run_event_loop(&rt, manager, listen, lock, parent, env)
+}
+
+/// The environment's dispatcher and the sockets it serves on.
+struct EnvEndpoints {
+    dispatcher: Rc<dispatch::Dispatcher>,
+    unix: std::os::unix::net::UnixListener,
+    tcp: Option<std::net::TcpListener>,
+}
+
+impl EnvEndpoints {
+    fn new(
+        serve: &crate::config::ServeConfig,
+        cfg: &AgentConfig,
+        fds: (Option<OwnedFd>, Option<OwnedFd>, Option<OwnedFd>),
+        oom: Option<&File>,
+    ) -> std::io::Result<Self> {
+        let (unix, tcp, log) = fds;
+        let unix = std::os::unix::net::UnixListener::from(unix.ok_or_else(|| std::io::Error::other("no environment socket was passed"))?);
+        unix.set_nonblocking(true)?;
+        let tcp = tcp.map(std::net::TcpListener::from);
+        if let Some(t) = &tcp {
+            t.set_nonblocking(true)?;
+        }
+        let log = File::from(log.ok_or_else(|| std::io::Error::other("no environment log was passed"))?);
+        let sink = worker::LogSink::new(log, ENV_LOG_CAP);
+        let spec = worker::ProcessSpec { python: serve.python.clone(), app_dir: serve.app_dir.clone(), env: cfg.env.clone() };
+        let backend = if dispatch::uses_worker(serve.kind) {
+            let oom = oom.and_then(|f| f.try_clone().ok());
+            dispatch::Backend::Function(worker::Worker::new(spec, sink, oom))
+        } else {
+            dispatch::Backend::Http(worker::Upstream::new(spec, serve.command.clone(), serve.upstream_port, sink))
+        };
+        Ok(EnvEndpoints { dispatcher: dispatch::Dispatcher::new(serve.clone(), backend), unix, tcp })
+    }
 }
 
 fn startup_failed(control: &mut StdUnixStream, message: &str) -> i32 {
@@ -176,9 +260,25 @@ fn startup_failed(control: &mut StdUnixStream, message: &str) -> i32 {
     1
 }
 
-fn run_event_loop(rt: &tokio::runtime::Runtime, manager: Manager, listen: OwnedFd, lock: Option<OwnedFd>, parent: Option<OwnedFd>) -> i32 {
+fn run_event_loop(
+    rt: &tokio::runtime::Runtime,
+    manager: Manager,
+    listen: OwnedFd,
+    lock: Option<OwnedFd>,
+    parent: Option<OwnedFd>,
+    env: Option<EnvEndpoints>,
+) -> i32 {
     let local = tokio::task::LocalSet::new();
     local.block_on(rt, async move {
+        if let Some(env) = env {
+            start_backend(&env.dispatcher);
+            if let Ok(l) = UnixListener::from_std(env.unix) {
+                tokio::task::spawn_local(dispatch::accept_unix(env.dispatcher.clone(), l));
+            }
+            if let Some(t) = env.tcp.and_then(|t| tokio::net::TcpListener::from_std(t).ok()) {
+                tokio::task::spawn_local(dispatch::accept_tcp(env.dispatcher.clone(), t));
+            }
+        }
         // Held until we exit: the host's "is it alive" test.
         let _lock = lock;
         let std_listener = std::os::unix::net::UnixListener::from(listen);
@@ -211,6 +311,14 @@ fn run_event_loop(rt: &tokio::runtime::Runtime, manager: Manager, listen: OwnedF
             }
         }
     })
+}
+
+/// Starts the environment's worker or server.
+fn start_backend(d: &dispatch::Dispatcher) {
+    match &d.backend {
+        dispatch::Backend::Function(w) => w.start(),
+        dispatch::Backend::Http(u) => u.start(),
+    }
 }
 
 /// Reads one frame, collecting the fds that arrive with it (SCM_RIGHTS).
@@ -325,6 +433,7 @@ struct Manager {
     generation: Rc<std::cell::RefCell<String>>,
     pending: VecDeque<Job>,
     oom: Option<File>,
+    env: Option<Rc<dispatch::Dispatcher>>,
 }
 
 /// Output accounting for one stream of one command.
@@ -336,15 +445,15 @@ struct StreamState {
 }
 
 impl Manager {
-    fn new(cfg: AgentConfig, handles: HostHandles, oom: Option<File>) -> Self {
+    fn new(cfg: AgentConfig, handles: HostHandles, oom: Option<File>, env: Option<Rc<dispatch::Dispatcher>>) -> Self {
         let generation = Rc::new(std::cell::RefCell::new(cfg.generation.clone()));
-        Manager { cfg, handles, shell: None, generation, pending: VecDeque::new(), oom }
+        Manager { cfg, handles, shell: None, generation, pending: VecDeque::new(), oom, env }
     }
 
     fn ensure_shell(&mut self) -> std::io::Result<()> {
         if self.shell.is_none() {
             let sh = shell::spawn(&shell::ShellSpec { env: &self.cfg.env, workdir: &self.cfg.workdir })?;
-            SHELL_PID.store(sh.pid, Ordering::SeqCst);
+            watch_pid(sh.pid);
             self.shell = Some(sh);
         }
         Ok(())
@@ -390,8 +499,7 @@ impl Manager {
     fn finish_shell(&mut self, force: bool) -> i32 {
         let Some(sh) = self.shell.take() else { return 137 };
         let pid = Pid::from_raw(sh.pid);
-        let known = SHELL_EXITS.lock().ok().and_then(|mut m| m.remove(&sh.pid));
-        if let Some(code) = known {
+        if let Some(code) = take_exit(sh.pid) {
             return code;
         }
         if force {
@@ -403,7 +511,7 @@ impl Manager {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_micros(250)),
                 Ok(status) => return status_code(status).unwrap_or(137),
-                Err(_) => return SHELL_EXITS.lock().ok().and_then(|mut m| m.remove(&sh.pid)).unwrap_or(137),
+                Err(_) => return take_exit(sh.pid).unwrap_or(137),
             }
         }
         let _ = kill(pid, Signal::SIGKILL);
@@ -580,6 +688,12 @@ impl Manager {
         // Every process but us dies first: nothing may hold the old layers
         // or write into them while they are swapped (SECURITY.md S9).
         self.shell = None;
+        if let Some(env) = &self.env {
+            match &env.backend {
+                dispatch::Backend::Function(w) => w.stop("the call was aborted by a reset of the sandbox"),
+                dispatch::Backend::Http(u) => u.stop(),
+            }
+        }
         sys::kill_all_but_self();
         reap_all_blocking();
         let old = self.generation.borrow().clone();
@@ -602,6 +716,9 @@ impl Manager {
         // (its next command waits for it; a failure to start is reported
         // there), and the old upper layer, which can be huge, is deleted
         // off the hot path.
+        if let Some(env) = &self.env {
+            start_backend(env);
+        }
         let _ = self.ensure_shell();
         let old_dir = setup::gen_dir(&self.handles, &old);
         let _ = std::thread::Builder::new().name("envbox-gc".into()).spawn(move || {

@@ -23,7 +23,7 @@
 //! status; it cannot reach the host or other commands.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::{Command, Stdio};
 
 use tokio::net::unix::pipe;
@@ -50,7 +50,7 @@ pub struct ShellSpec<'a> {
 /// The default PATH of the shell.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io::Error::from_raw_os_error(e as i32))
 }
 
@@ -77,17 +77,7 @@ pub fn spawn(spec: &ShellSpec<'_>) -> io::Result<Shell> {
     }
     let workdir = if std::fs::metadata(spec.workdir).map(|m| m.is_dir()).unwrap_or(false) { spec.workdir } else { "/" };
     cmd.current_dir(workdir).stdin(Stdio::from(stdin_r)).stdout(Stdio::from(stdout_w)).stderr(Stdio::from(stderr_w));
-    let signal_fd = signal_w.as_raw_fd();
-    let hook = move || -> io::Result<()> {
-        crate::sys::dup2_inheritable(signal_fd, 3)?;
-        nix::unistd::setsid().map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-        // The agent protects itself from the OOM killer; its children must
-        // not inherit that, or an OOM would pick nothing killable.
-        std::fs::write("/proc/self/oom_score_adj", "0")?;
-        security::drop_privileges().map_err(io::Error::other)?;
-        Ok(())
-    };
-    crate::sys::set_pre_exec(&mut cmd, hook);
+    confine(&mut cmd, vec![(signal_w.as_raw_fd(), 3)]);
     let child = cmd.spawn()?;
     drop(signal_w);
     // The std Child handle is not used to wait: the agent, as PID 1, reaps
@@ -101,6 +91,24 @@ pub fn spawn(spec: &ShellSpec<'_>) -> io::Result<Shell> {
         signal: pipe::Receiver::from_owned_fd(signal_r)?,
         signal_buf: Vec::new(),
     })
+}
+
+/// Makes `cmd` start the way every process the agent runs for the user
+/// starts: `fds` (source, target) dup'ed into place, a session of its own,
+/// a normal OOM score, the default capability set and no_new_privs.
+pub fn confine(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>) {
+    let hook = move || -> io::Result<()> {
+        for &(src, dst) in &fds {
+            crate::sys::dup2_inheritable(src, dst)?;
+        }
+        nix::unistd::setsid().map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        // The agent protects itself from the OOM killer; its children must
+        // not inherit that, or an OOM would pick nothing killable.
+        std::fs::write("/proc/self/oom_score_adj", "0")?;
+        security::drop_privileges().map_err(io::Error::other)?;
+        Ok(())
+    };
+    crate::sys::set_pre_exec(cmd, hook);
 }
 
 /// Single-quotes `cmd` for the shell: `'` becomes `'\''`. Any byte string

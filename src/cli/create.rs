@@ -48,7 +48,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         network: a.net,
         root: root.to_path_buf(),
         detached: true,
-        agent: None,
+        ..Default::default()
     };
     let sb = Sandbox::create(&cfg, &a.name)?;
     if a.json {

@@ -3,13 +3,18 @@
 //! and a non-zero exit.
 
 mod bench;
+mod call;
 mod cp;
 mod create;
 mod exec;
 mod gc;
+mod init;
+mod logs;
 mod ps;
 mod reset;
 mod rm;
+mod run;
+mod stop;
 
 use std::path::PathBuf;
 
@@ -46,11 +51,28 @@ enum Command {
     Bench(bench::Args),
     /// Remove what crashed sandboxes left behind (also done at every start).
     Gc(gc::Args),
+    /// Make a new environment directory (env.py) from a template.
+    Init(init::Args),
+    /// Serve an environment (env.py) in detached sandboxes.
+    Run(run::Args),
+    /// Call a method of a running environment; prints the result as JSON.
+    Call(call::Args),
+    /// List the methods of a running environment.
+    Methods(call::MethodsArgs),
+    /// Print what a running environment wrote to stdout and stderr.
+    Logs(logs::Args),
+    /// Stop an environment: delete its sandboxes (all replicas).
+    Stop(stop::Args),
 }
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let root = envbox::config::absolute(&cli.root);
+    // Writing a template needs no privileges.
+    let cli = match cli.command {
+        Command::Init(a) => return report(init::run(&root, a)),
+        command => Cli { command, ..cli },
+    };
     if let Err(e) = envbox::sandbox::require_root() {
         eprintln!("envbox: {e}");
         return EXIT_FAILURE;
@@ -70,7 +92,17 @@ pub fn main() -> i32 {
         Command::Ps(a) => ps::run(&root, a),
         Command::Bench(a) => bench::run(&root, a),
         Command::Gc(a) => gc::run(&root, a),
+        Command::Init(_) => Ok(0),
+        Command::Run(a) => run::run(&root, a),
+        Command::Call(a) => call::run(&root, a),
+        Command::Methods(a) => call::methods(&root, a),
+        Command::Logs(a) => logs::run(&root, a),
+        Command::Stop(a) => stop::run(&root, a),
     };
+    report(result)
+}
+
+fn report(result: envbox::Result<i32>) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {

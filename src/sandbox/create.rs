@@ -179,6 +179,10 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         .open(dir.join(LOG_FILE))
         .map_err(|e| fail(&mut undo, io("opening the agent log")(e)))?;
     let devnull = File::open("/dev/null").map_err(|e| fail(&mut undo, io("opening /dev/null")(e)))?;
+    let env = match &config.serve {
+        Some(serve) => Some(EnvFds::open(&dir, serve).map_err(|e| fail(&mut undo, io("binding the environment's endpoints")(e)))?),
+        None => None,
+    };
     let parent_pidfd = if config.detached {
         None
     } else {
@@ -203,11 +207,12 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         lock: &lock,
         parent: parent_pidfd.as_ref(),
         netns: netns.as_ref(),
+        env: env.as_ref(),
     };
     let spawn = spawn_agent(&agent_path, namespaces, &inherited).map_err(|e| fail(&mut undo, io("starting the sandbox agent")(e)))?;
     let pid = spawn.0;
     undo.agent = Some(spawn);
-    drop((agent_control, listener, devnull, log, parent_pidfd, netns));
+    drop((agent_control, listener, devnull, log, parent_pidfd, netns, env));
 
     // Step 7: into the cgroups before it does anything.
     if let Some(cg) = &undo.cgroup {
@@ -225,6 +230,7 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         network: config.network,
         oom_events,
         generation: "0".into(),
+        serve: config.serve.clone(),
     };
     proto::write_frame(&mut control, proto::kind::EXEC, &proto::json(&agent_cfg))
         .map_err(|e| fail(&mut undo, io("sending the agent its config")(e)))?;
@@ -279,6 +285,32 @@ struct AgentFds<'a> {
     lock: &'a File,
     parent: Option<&'a OwnedFd>,
     netns: Option<&'a OwnedFd>,
+    env: Option<&'a EnvFds>,
+}
+
+/// The environment's endpoints, made by the host: its unix socket (in the
+/// state directory, where clients find it), its published TCP port (bound
+/// in the host's network namespace, so it works with `--net none`) and its
+/// log file.
+struct EnvFds {
+    unix: UnixListener,
+    tcp: Option<std::net::TcpListener>,
+    log: File,
+}
+
+impl EnvFds {
+    fn open(dir: &Path, serve: &crate::config::ServeConfig) -> std::io::Result<Self> {
+        let unix = UnixListener::bind(dir.join(state::ENV_SOCKET_FILE))?;
+        let tcp =
+            match serve.publish {
+                Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot listen on {addr} for --publish: {e} (is the port in use?)"))
+                })?),
+                None => None,
+            };
+        let log = OpenOptions::new().create(true).append(true).mode(0o600).open(dir.join(state::ENV_LOG_FILE))?;
+        Ok(EnvFds { unix, tcp, log })
+    }
 }
 
 fn spawn_agent(agent: &Path, namespaces: libc::c_int, fds: &AgentFds<'_>) -> std::io::Result<(i32, OwnedFd)> {
@@ -298,6 +330,13 @@ fn spawn_agent(agent: &Path, namespaces: libc::c_int, fds: &AgentFds<'_>) -> std
     }
     if let Some(n) = fds.netns {
         keep.push((high(n.as_fd())?, agent::FD_NETNS));
+    }
+    if let Some(env) = fds.env {
+        keep.push((high(env.unix.as_fd())?, agent::FD_ENV_LISTEN));
+        if let Some(t) = &env.tcp {
+            keep.push((high(t.as_fd())?, agent::FD_ENV_TCP));
+        }
+        keep.push((high(env.log.as_fd())?, agent::FD_ENV_LOG));
     }
     let spec = sys::SpawnSpec {
         path: CString::new(agent.as_os_str().as_encoded_bytes()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?,

@@ -118,6 +118,12 @@ impl Sandbox {
         &self.name
     }
 
+    /// The unix socket of the environment's /health /methods /call API
+    /// (`None` unless the sandbox serves an environment).
+    pub fn env_socket(&self) -> Option<PathBuf> {
+        self.state.config.serve.as_ref().map(|_| self.dir.join(state::ENV_SOCKET_FILE))
+    }
+
     /// Host pid of the sandbox's PID 1 (the agent).
     pub fn pid(&self) -> i32 {
         self.state.pid
@@ -312,6 +318,20 @@ pub struct SandboxInfo {
     pub image: String,
     /// RFC 3339, UTC.
     pub created: String,
+    /// The group of replicas it belongs to (`envbox run --replicas`).
+    pub group: Option<String>,
+    /// The environment it serves: "function" or "http".
+    pub serves: Option<crate::config::EnvKind>,
+}
+
+/// The running sandboxes that `name` designates: the sandbox of that name,
+/// or every member of the group of that name (sorted by name).
+pub fn members(root: &Path, name: &str) -> Result<Vec<SandboxInfo>> {
+    let all = list(root)?;
+    if let Some(one) = all.iter().find(|i| i.name == name && i.group.as_deref() != Some(name)) {
+        return Ok(vec![one.clone()]);
+    }
+    Ok(all.into_iter().filter(|i| i.name == name || i.group.as_deref() == Some(name)).collect())
 }
 
 /// Lists the sandboxes under `root`.
@@ -338,6 +358,8 @@ pub fn list(root: &Path) -> Result<Vec<SandboxInfo>> {
             pid: st.pid,
             image: st.config.image.describe(),
             created: state::rfc3339(st.created),
+            group: st.config.group.clone(),
+            serves: st.config.serve.as_ref().map(|s| s.kind),
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -48,6 +48,10 @@ pub const STATE_FILE: &str = "state.json";
 pub const LOCK_FILE: &str = "lock";
 pub const SOCKET_FILE: &str = "agent.sock";
 pub const LOG_FILE: &str = "agent.log";
+/// The environment's API socket (/health /methods /call).
+pub const ENV_SOCKET_FILE: &str = "env.sock";
+/// The environment's output (its worker's or server's stdout and stderr).
+pub const ENV_LOG_FILE: &str = "env.log";
 /// Prefix of directories being created (not yet published under their name).
 pub const CREATING_PREFIX: &str = ".creating-";
 pub const TRASH_DIR: &str = ".trash";

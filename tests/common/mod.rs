@@ -128,3 +128,42 @@ pub fn process_exists(pid: i32) -> bool {
 pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
+
+/// A fixture environment directory under tests/fixtures/envs.
+pub fn fixture_env(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/envs").join(name)
+}
+
+/// A sandbox config serving the fixture environment `name` at /app.
+pub fn env_config(root: &TestRoot, image: Image, name: &str) -> SandboxConfig {
+    let mut cfg = root.config(image);
+    cfg.workdir = "/app".into();
+    cfg.volumes.push(envbox::Volume { host: fixture_env(name), container: "/app".into(), read_only: true });
+    cfg.serve = Some(envbox::ServeConfig::default());
+    cfg
+}
+
+/// A python venv with the reference framework (affinetes 0.2.0), FastAPI
+/// and uvicorn from PyPI, made with the host's /usr/bin/python3 so that
+/// sandboxes on the host image can run it. Built once and cached
+/// (`.ci/run` builds it; a test builds it when it is missing).
+pub fn test_venv() -> PathBuf {
+    let dir = PathBuf::from(std::env::var("ENVBOX_TEST_VENV").unwrap_or_else(|_| "/var/cache/envbox-test-venv".into()));
+    let python = dir.join("bin/python");
+    let ok = |p: &Path| {
+        std::process::Command::new(p).args(["-c", "import affinetes, fastapi, uvicorn, httpx"]).status().is_ok_and(|s| s.success())
+    };
+    if !ok(&python) {
+        let lock = std::fs::File::create("/tmp/envbox-test-venv.lock").unwrap();
+        nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map(|_g| {
+                if !ok(&python) {
+                    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/make-reference-venv.sh");
+                    let st = std::process::Command::new("bash").arg(script).arg(&dir).status().unwrap();
+                    assert!(st.success(), "building the test venv at {} failed", dir.display());
+                }
+            })
+            .unwrap();
+    }
+    dir
+}
