@@ -89,8 +89,9 @@ pub fn ensure_host_view(state_root: &Path) -> Result<PathBuf> {
         move |source| FsError::HostImage { path, source }
     };
     fs::create_dir_all(&images).map_err(err(&images))?;
-    let tmp = images.join(format!(".tmp-host-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
+    remove_stale_builds(&images);
+    // Unique per build: threads of one process may race here too.
+    let tmp = images.join(format!(".tmp-host-{}-{}", std::process::id(), &crate::agent::shell::new_nonce()[..8]));
     build_host_view(&tmp, state_root).map_err(err(&tmp))?;
     match fs::rename(&tmp, &view) {
         Ok(()) => Ok(view),
@@ -102,6 +103,20 @@ pub fn ensure_host_view(state_root: &Path) -> Result<PathBuf> {
         Err(e) => {
             let _ = fs::remove_dir_all(&tmp);
             Err(err(&view)(e))
+        }
+    }
+}
+
+/// Removes the half-built views of processes that died while building.
+fn remove_stale_builds(images: &Path) {
+    let Ok(entries) = fs::read_dir(images) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(".tmp-host-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
         }
     }
 }
