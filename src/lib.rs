@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_env;
 pub mod cgroup;
 pub mod client;
 pub mod config;

@@ -131,6 +131,10 @@ affinetes.core.llm_chat and request_logger.  A meta-path finder placed at the
 END of sys.meta_path serves small embedded stand-ins for them, so a real
 installed package (or a file next to env.py) always wins.
 
+Signals: SIGTERM makes the worker exit at once (status 0); a handler that
+env.py installs replaces that.  The worker owns signal.set_wakeup_fd(), so
+that a signal delivered to another thread still wakes the main thread up.
+
 Exit status: 0 after EOF on fd 3 or SIGTERM, 3 after a load error, 2 when
 started without fds 3 and 4.  Anything else comes from the environment
 itself (os._exit, a fatal signal, the OOM killer).
@@ -147,12 +151,12 @@ import functools
 import importlib.abc
 import importlib.util
 import inspect
-import io
 import ipaddress
 import json
 import os
 import pathlib
 import re
+import select
 import signal
 import struct
 import sys
@@ -217,26 +221,72 @@ class Channel:
         self._write_lock = threading.Lock()
         # Set in a forked child, which must neither read nor write the pipes.
         self._detached = False
+        self._poller = None  # created by the first _read()
+        self._wake_fd = -1
 
     def frames(self):
         """Yield the body of each incoming frame; return at EOF.
 
-        A BufferedReader turns the 4-byte header and the body into one
-        read(n) call each; read(n) keeps reading the pipe until it has n
-        bytes or hits EOF.  A truncated frame counts as EOF.
+        Frames are cut out of a buffer that is refilled with one os.read of
+        whatever the pipe holds, so a burst of small frames costs one read.
+        A truncated frame counts as EOF.  Must run on the main thread.
         """
-        stream = io.open(self._in_fd, "rb", buffering=1 << 16, closefd=False)
-        read = stream.read
-        unpack = _HEADER.unpack
+        unpack_from = _HEADER.unpack_from
+        buf = bytearray()
+        start = 0  # where the next frame begins in buf
         while True:
-            header = read(4)
-            if len(header) < 4:
+            if len(buf) - start >= 4:
+                (size,) = unpack_from(buf, start)
+                end = start + 4 + size
+                if len(buf) >= end:
+                    body = buf[start + 4 : end]
+                    start = end
+                    yield body
+                    continue
+                missing = end - len(buf)
+            else:
+                missing = 4 - (len(buf) - start)
+            del buf[:start]
+            start = 0
+            chunk = self._read(max(missing, 1 << 16))
+            if not chunk:
                 return
-            (size,) = unpack(header)
-            body = read(size)
-            if len(body) < size:
-                return
-            yield body
+            buf += chunk
+
+    def _read(self, size):
+        """One os.read of the request fd, waiting in poll().
+
+        A signal is delivered to any thread that does not block it, often
+        not to the main thread, and then no system call of the main thread
+        is interrupted, so a Python handler (SIGTERM's) would only run at the
+        next frame.  signal.set_wakeup_fd() makes every signal also write a
+        byte to a pipe that this poll() watches: the main thread wakes up,
+        runs Python code, and with it the pending handlers.
+        """
+        if self._poller is None:
+            wake_r, wake_w = os.pipe()
+            os.set_blocking(wake_r, False)
+            os.set_blocking(wake_w, False)
+            signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+            self._wake_fd = wake_r
+            self._poller = select.poll()
+            self._poller.register(self._in_fd, select.POLLIN)
+            self._poller.register(wake_r, select.POLLIN)
+        while True:
+            events = self._poller.poll()
+            for fd, _ in events:
+                if fd == self._wake_fd:
+                    try:
+                        while os.read(fd, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                else:  # the request fd: data, or EOF (POLLHUP)
+                    try:
+                        return os.read(self._in_fd, size)
+                    except OSError as exc:  # closed under our feet: as good as EOF
+                        _log("request pipe failed (%s)" % exc)
+                        return b""
 
     def send(self, payload):
         """Send one frame whose body is the bytes `payload`.
@@ -1222,11 +1272,13 @@ def _on_sigterm(signum, frame):
     os._exit(0)
 
 
-def _reset_sigterm_in_child():
-    # A forked child should die from SIGTERM like any process, not exit 0.
+def _reset_signals_in_child():
+    # A forked child should die from SIGTERM like any process, not exit 0,
+    # and its signals must not wake the parent's reader up.
     try:
         if signal.getsignal(signal.SIGTERM) is _on_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
     except Exception:
         pass
 
@@ -1242,7 +1294,7 @@ def main(argv):
 
     channel = Channel(REQUEST_FD, RESPONSE_FD)
     os.register_at_fork(after_in_child=channel.detach_in_child)
-    os.register_at_fork(after_in_child=_reset_sigterm_in_child)
+    os.register_at_fork(after_in_child=_reset_signals_in_child)
     # Installed before env.py runs, so a handler the environment installs wins.
     signal.signal(signal.SIGTERM, _on_sigterm)
 

@@ -26,9 +26,28 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Benchmark an environment directory (env.py) instead of the sandbox lifecycle.
+    #[arg(long = "env")]
+    env_dir: Option<PathBuf>,
+    /// --env: the method called (it must take no required argument).
+    #[arg(long, default_value = "noop")]
+    method: String,
+    /// --env: replicas of the throughput phase.
+    #[arg(long, default_value_t = 8)]
+    replicas: usize,
+    /// --env: sequential calls of the latency phase.
+    #[arg(long, default_value_t = 2000)]
+    calls: usize,
+    /// --env: a venv with the reference framework (benches/make-reference-venv.sh);
+    /// default /var/cache/envbox-test-venv when it exists; "none" skips the reference.
+    #[arg(long = "reference-venv", env = "ENVBOX_REFERENCE_VENV")]
+    reference_venv: Option<String>,
 }
 
 pub fn run(root: &Path, a: Args) -> Result<i32> {
+    if let Some(dir) = a.env_dir.clone() {
+        return run_env(root, dir, a);
+    }
     let opts = BenchOptions {
         image: a.image.map(|p| Image::Dir(config::absolute(&p))).unwrap_or(Image::Host),
         workers: a.workers.max(1),
@@ -54,6 +73,47 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
     println!("idle sandbox: agent PSS {} KiB, shell PSS {} KiB", r.memory.agent_pss_kib, r.memory.shell_pss_kib);
     if r.failures > 0 {
         println!("FAILURES: {}", r.failures);
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn run_env(root: &Path, dir: PathBuf, a: Args) -> Result<i32> {
+    let reference_venv = match a.reference_venv.as_deref() {
+        Some("none") => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => Some(PathBuf::from("/var/cache/envbox-test-venv")).filter(|p| p.join("bin/python").exists()),
+    };
+    let opts = envbox::bench_env::EnvBenchOptions {
+        env_dir: config::absolute(&dir),
+        method: a.method,
+        image: a.image.map(|p| Image::Dir(config::absolute(&p))).unwrap_or(Image::Host),
+        root: root.to_path_buf(),
+        iterations: a.iterations.max(1),
+        calls: a.calls.max(1),
+        replicas: a.replicas.max(1),
+        clients_per_replica: 4,
+        throughput_secs: a.throughput_secs.clamp(0.1, 600.0),
+        reference_venv,
+    };
+    let r = envbox::bench_env::run(&opts)?;
+    if a.json {
+        super::print_json(&r);
+        return Ok(if r.envbox.failures == 0 { 0 } else { 1 });
+    }
+    println!("envbox bench --env {} (method {}, {} replicas)", r.env_dir, r.method, r.replicas);
+    println!("{:<22} {:>12} {:>12} {:>14} {:>8}", "p50 ms", "envbox", "p95", "reference", "ratio");
+    for (op, s) in &r.envbox.ops {
+        let reference = r.reference.as_ref().and_then(|x| x.ops.get(op));
+        let ratio = r.speedup.get(&format!("{op}_p50")).map(|x| format!("{x}x")).unwrap_or_default();
+        let rs = reference.map(|x| format!("{:.3}", x.p50_ms)).unwrap_or_else(|| "-".into());
+        println!("{:<22} {:>12.3} {:>12.3} {:>14} {:>8}", op, s.p50_ms, s.p95_ms, rs, ratio);
+    }
+    let rref = r.reference.as_ref().map(|x| x.calls_per_s.to_string()).unwrap_or_else(|| "-".into());
+    let ratio = r.speedup.get("calls_per_s").map(|x| format!("{x}x")).unwrap_or_default();
+    println!("{:<22} {:>12} {:>12} {:>14} {:>8}", "calls/s", r.envbox.calls_per_s, "", rref, ratio);
+    if r.envbox.failures > 0 {
+        println!("FAILURES: {}", r.envbox.failures);
         return Ok(1);
     }
     Ok(0)
