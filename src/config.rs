@@ -146,6 +146,12 @@ pub struct Limits {
     pub cpu_millis: Option<u64>,
     /// Maximum number of processes and threads.
     pub pids: Option<u64>,
+    /// Size of the sandbox's writable layer: its upper directories live on
+    /// a tmpfs of this size (a fresh one per generation), so filling it
+    /// gives ENOSPC instead of filling the host's disk. Its pages count
+    /// towards the memory limit.
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
 }
 
 /// Everything needed to create a sandbox.

@@ -73,3 +73,31 @@ fn cpu_limit_throttles() {
     sb.delete().unwrap();
     root.assert_clean();
 }
+
+#[test]
+fn disk_limit_gives_enospc_and_reset_frees_it() {
+    require_root!("disk_limit_gives_enospc_and_reset_frees_it");
+    let root = TestRoot::new("disk");
+    let mut cfg = root.config(common::debian());
+    cfg.limits.disk_bytes = Some(32 << 20);
+    let sb = Sandbox::create(&cfg, "disk").unwrap();
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    // Filling the writable layer stops at its size with ENOSPC.
+    let o = sb.run("dd if=/dev/zero of=/fill bs=1M count=100; echo rc=$?; stat -c %s /fill").unwrap();
+    let out = o.stdout_str();
+    assert!(o.stderr_str().contains("No space left on device"), "{o:?}");
+    let size: u64 = out.lines().last().unwrap().trim().parse().unwrap();
+    assert!(size <= 32 << 20 && size > 16 << 20, "wrote {size} bytes");
+    // So does an inode flood, long before the host notices.
+    let o = sb.run("mkdir /many && cd /many && i=0; while : > f$i 2>/dev/null; do i=$((i+1)); done; echo $i").unwrap();
+    let files: u64 = o.stdout_str().trim().parse().unwrap();
+    assert!(files < 20_000, "{files} files");
+    // The sandbox is still usable, and a reset gives the space back.
+    sb.reset().unwrap();
+    let o = sb.run("test -e /fill; echo $?; dd if=/dev/zero of=/again bs=1M count=20 2>/dev/null; echo $?").unwrap();
+    assert_eq!(o.stdout_str(), "1\n0\n");
+    // The layer is a detached tmpfs: the host's mount table never sees it.
+    assert_eq!(std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count(), host_mounts);
+    sb.delete().unwrap();
+    root.assert_clean();
+}

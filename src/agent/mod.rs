@@ -82,6 +82,10 @@ pub struct AgentConfig {
     /// The environment to serve, if any.
     #[serde(default)]
     pub serve: Option<crate::config::ServeConfig>,
+    /// Size of the tmpfs that holds the upper layers (`--disk`); `None`:
+    /// they live in the state directory.
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
 }
 
 /// The agent's answer to the setup.

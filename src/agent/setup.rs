@@ -73,19 +73,23 @@ pub fn gen_dir(h: &HostHandles, generation: &str) -> String {
 
 /// Creates the upper and work directories of a generation (idempotent).
 pub fn prepare_generation(h: &HostHandles, overlays: usize, generation: &str) -> Result<()> {
-    let base = gen_dir(h, generation);
+    make_layer_dirs(&gen_dir(h, generation), overlays)
+}
+
+/// Creates `u<i>` and `w<i>` under `base` for every overlay.
+fn make_layer_dirs(base: &str, overlays: usize) -> Result<()> {
     for i in 0..overlays {
         for kind in ["u", "w"] {
             let path = format!("{base}/{kind}{i}");
-            std::fs::create_dir_all(&path).map_err(|source| SetupError::Upper { path: format!("gen/{generation}/{kind}{i}"), source })?;
+            std::fs::create_dir_all(&path).map_err(|source| SetupError::Upper { path: format!("{kind}{i}"), source })?;
         }
     }
     Ok(())
 }
 
-/// Mounts every overlay of generation `generation` under `root`.
-fn mount_overlays(cfg: &AgentConfig, h: &HostHandles, root: &str, generation: &str) -> Result<()> {
-    let base = gen_dir(h, generation);
+/// Mounts every overlay under `root`, with their upper and work
+/// directories under `base`.
+fn mount_overlays(cfg: &AgentConfig, h: &HostHandles, root: &str, base: &str) -> Result<()> {
     for (i, spec) in cfg.overlays.iter().enumerate() {
         let target = if spec.target == "/" { root.to_string() } else { format!("{root}{}", spec.target) };
         if spec.target != "/" {
@@ -136,8 +140,24 @@ pub fn setup(cfg: &AgentConfig) -> Result<HostHandles> {
     // only this mount namespace sees).
     let rootfs = cfg.state_dir.join("rootfs").display().to_string();
     mounts::ensure_dir(&rootfs)?;
-    prepare_generation(&handles, cfg.overlays.len(), &cfg.generation)?;
-    mount_overlays(cfg, &handles, &rootfs, &cfg.generation)?;
+    // With --disk, the upper layers live on a tmpfs of that size, held
+    // only by the overlays (a detached mount: nothing to clean up).
+    let disk = match cfg.disk_bytes {
+        Some(size) => Some(overlay::detached_tmpfs(size)?),
+        None => None,
+    };
+    let base = match &disk {
+        Some(fd) => fd_str(fd),
+        None => {
+            prepare_generation(&handles, cfg.overlays.len(), &cfg.generation)?;
+            gen_dir(&handles, &cfg.generation)
+        }
+    };
+    if disk.is_some() {
+        make_layer_dirs(&base, cfg.overlays.len())?;
+    }
+    mount_overlays(cfg, &handles, &rootfs, &base)?;
+    drop(disk);
     // Step 5: volumes. The target is resolved inside the new root with
     // openat2(RESOLVE_IN_ROOT), so an image symlink cannot point the bind
     // at a host path (F10); the mount acts on the fds, not on path strings.

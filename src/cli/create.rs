@@ -24,6 +24,9 @@ pub struct Args {
     /// Memory limit, e.g. 512m or 2g.
     #[arg(long, value_parser = config::parse_size)]
     memory: Option<u64>,
+    /// Size of the sandbox's writable layer (a tmpfs; ENOSPC when full), e.g. 1g.
+    #[arg(long, value_parser = config::parse_size)]
+    disk: Option<u64>,
     /// CPU limit in CPUs, e.g. 0.5.
     #[arg(long, value_parser = config::parse_cpus)]
     cpus: Option<u64>,
@@ -44,7 +47,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         workdir: a.workdir,
         env: a.env,
         volumes: a.volumes,
-        limits: Limits { memory_bytes: a.memory, cpu_millis: a.cpus, pids: a.pids },
+        limits: Limits { memory_bytes: a.memory, cpu_millis: a.cpus, pids: a.pids, disk_bytes: a.disk },
         network: a.net,
         root: root.to_path_buf(),
         detached: true,

@@ -30,6 +30,9 @@ pub struct Args {
     /// CPU limit per replica, e.g. 0.5.
     #[arg(long, value_parser = config::parse_cpus)]
     cpus: Option<u64>,
+    /// Size of each replica's writable layer (a tmpfs; ENOSPC when full), e.g. 1g.
+    #[arg(long, value_parser = config::parse_size)]
+    disk: Option<u64>,
     /// Process limit per replica.
     #[arg(long, value_parser = config::parse_pids)]
     pids: Option<u64>,
@@ -135,7 +138,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
             workdir: "/app".into(),
             env: a.env.clone(),
             volumes: volumes.clone(),
-            limits: Limits { memory_bytes: a.mem_limit, cpu_millis: a.cpus, pids: a.pids },
+            limits: Limits { memory_bytes: a.mem_limit, cpu_millis: a.cpus, pids: a.pids, disk_bytes: a.disk },
             network: a.net,
             root: root.to_path_buf(),
             detached: true,

@@ -43,6 +43,25 @@ pub fn detached_overlay(lowers: &[String], upper: &str, work: &str) -> Result<st
     newmount::create_and_mount(ctx_fd).map_err(err)
 }
 
+/// A tmpfs of `size` bytes as a detached mount (never attached to any
+/// tree, so nothing can leak: it lives as long as an fd or an overlay
+/// that uses it as its upper layer). Returns its fd; its root is
+/// reachable as `/proc/self/fd/<fd>`.
+pub fn detached_tmpfs(size: u64) -> Result<std::os::fd::OwnedFd> {
+    use crate::sys::newmount;
+    // One inode per 4 KiB of space, at least 4096: an inode flood hits
+    // ENOSPC too, instead of the host's memory.
+    let inodes = (size / 4096).max(4096);
+    let opts = format!("size={size},nr_inodes={inodes},mode=0755");
+    let err = |source| FsError::Mount { fstype: "tmpfs".into(), target: "(detached upper layer)".into(), options: opts.clone(), source };
+    let ctx = newmount::fsopen("tmpfs").map_err(err)?;
+    let ctx_fd = std::os::fd::AsFd::as_fd(&ctx);
+    newmount::set_string(ctx_fd, "size", &size.to_string()).map_err(err)?;
+    newmount::set_string(ctx_fd, "nr_inodes", &inodes.to_string()).map_err(err)?;
+    newmount::set_string(ctx_fd, "mode", "0755").map_err(err)?;
+    newmount::create_and_mount(ctx_fd).map_err(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -231,6 +231,7 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         oom_events,
         generation: "0".into(),
         serve: config.serve.clone(),
+        disk_bytes: config.limits.disk_bytes,
     };
     proto::write_frame(&mut control, proto::kind::EXEC, &proto::json(&agent_cfg))
         .map_err(|e| fail(&mut undo, io("sending the agent its config")(e)))?;

@@ -209,8 +209,17 @@ impl Sandbox {
         // mounts; the agent swaps them in and deletes the old layers in the
         // background, so the cost does not grow with what the sandbox wrote.
         let generation = crate::agent::shell::new_nonce()[..16].to_string();
-        let base = self.dir.join("gen").join(&generation);
         let io = |source| Error::Io { step: "preparing the next upper layer", name: self.name.clone(), source };
+        // With --disk, a fresh tmpfs per generation: the old one goes with
+        // the old overlay, so a full layer is freed by the reset itself.
+        let disk = match self.state.config.limits.disk_bytes {
+            Some(size) => Some(crate::fs::overlay::detached_tmpfs(size)?),
+            None => None,
+        };
+        let base = match &disk {
+            Some(fd) => PathBuf::from(sys::fd_path(fd.as_fd()).into_string().unwrap_or_default()),
+            None => self.dir.join("gen").join(&generation),
+        };
         let mut mounts = Vec::with_capacity(self.state.overlays.len());
         let made = (|| -> Result<()> {
             for (i, spec) in self.state.overlays.iter().enumerate() {
@@ -223,8 +232,8 @@ impl Sandbox {
             Ok(())
         })();
         let result = made.and_then(|()| self.with_conn(|c| c.reset(&generation, &mounts)));
-        drop(mounts);
-        if result.is_err() {
+        drop((mounts, disk));
+        if result.is_err() && self.state.config.limits.disk_bytes.is_none() {
             let _ = std::fs::remove_dir_all(&base);
         }
         result.map(|_| ())
