@@ -216,7 +216,16 @@ pub fn main() -> i32 {
     if proto::write_frame(&mut control, kind::PONG, &reply).is_err() {
         return 1;
     }
-    drop(control);
+    // The host records the sandbox as running and then commits. A creator
+    // that dies before (kill -9 of `envbox create` mid-way) would leave a
+    // running sandbox that nobody lists or owns: without the commit, the
+    // agent exits, and the next garbage collection removes the rest.
+    let _ = std::thread::Builder::new().name("envbox-commit".into()).spawn(move || {
+        if !matches!(proto::read_frame(&mut control), Ok(Some((kind::COMMIT, _)))) {
+            #[allow(clippy::exit)]
+            std::process::exit(1);
+        }
+    });
     // The sandbox is up; the shell starts while the host finishes create
     // (a first command waits for it). Should it fail to start, the next
     // command tries again and reports why.

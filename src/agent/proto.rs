@@ -21,6 +21,9 @@ pub mod kind {
     pub const RESET: u8 = 2;
     /// client → agent: are you there?
     pub const PING: u8 = 3;
+    /// host → agent, on the control channel, last message of a create: the
+    /// sandbox is recorded as running; its agent may outlive the creator.
+    pub const COMMIT: u8 = 4;
     /// agent → client: a chunk of stdout.
     pub const STDOUT: u8 = 10;
     /// agent → client: a chunk of stderr.

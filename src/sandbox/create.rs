@@ -258,6 +258,8 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
     st.pid = pid;
     st.start_time = start_time;
     st.write(&dir).map_err(|e| fail(&mut undo, io("writing state.json")(e)))?;
+    proto::write_frame(&mut control, proto::kind::COMMIT, b"").map_err(|e| fail(&mut undo, io("committing the sandbox")(e)))?;
+    drop(control);
 
     // Done: nothing to undo; the agent holds the lock from now on.
     let (_, pidfd) = undo.agent.take().ok_or_else(|| Error::Dead { name: name.to_string() })?;
