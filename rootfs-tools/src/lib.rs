@@ -1,7 +1,11 @@
 //! Root filesystems for envbox.
 //!
-//! Today: locating (and building on demand) the test root filesystems that
-//! `scripts/build-test-rootfs.sh` makes without Docker — a busybox rootfs and
-//! a Debian minbase rootfs with bash and python3.
+//! - [`reference`]: image references as Docker spells them.
+//! - [`fixtures`]: the test root filesystems that `scripts/build-test-rootfs.sh` builds.
 
+pub mod digest;
 pub mod fixtures;
+pub mod reference;
+
+pub use digest::Digest;
+pub use reference::{Reference, ReferenceError};
