@@ -6,6 +6,7 @@
 pub mod digest;
 pub mod fixtures;
 pub mod reference;
+pub mod unpack;
 
 pub use digest::Digest;
 pub use reference::{Reference, ReferenceError};
