@@ -301,10 +301,11 @@ impl Registry {
             progress,
         };
         let plain_ok = is_loopback_host(host) || opts.insecure_registries.iter().any(|r| r == host || r == reference.registry());
-        let ping = match reg.raw_get("/v2/", None, None) {
-            Err(RegistryError::Transport { url, source }) if plain_ok => {
-                let _ = url;
-                let _ = source;
+        // The https probe is not retried where plain http is allowed: a registry that speaks
+        // only http fails the TLS handshake at once, and waiting would only delay the fallback.
+        let probe_tries = if plain_ok { 0 } else { reg.retries };
+        let ping = match reg.raw_get_tries("/v2/", None, None, probe_tries) {
+            Err(RegistryError::Transport { .. }) if plain_ok => {
                 reg.base = format!("http://{host}");
                 reg.raw_get("/v2/", None, None)
             }
@@ -331,6 +332,10 @@ impl Registry {
 
     /// One GET with retries on transient errors; no auth handling.
     fn raw_get(&self, path: &str, accept: Option<&str>, range: Option<u64>) -> RResult<ureq::Response> {
+        self.raw_get_tries(path, accept, range, self.retries)
+    }
+
+    fn raw_get_tries(&self, path: &str, accept: Option<&str>, range: Option<u64>, retries: u32) -> RResult<ureq::Response> {
         let url = self.url(path);
         let mut attempt = 0;
         loop {
@@ -346,7 +351,7 @@ impl Registry {
             }
             match req.call() {
                 Ok(r) => return Ok(r),
-                Err(e) if transient(&e) && attempt < self.retries => {
+                Err(e) if transient(&e) && attempt < retries => {
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(200 << attempt.min(5)));
                 }
