@@ -70,7 +70,7 @@ pub enum RegistryError {
         #[source]
         source: Box<ureq::Error>,
     },
-    #[error("registry {registry} does not answer over https; plain http is used only for loopback registries and those named insecure (PullOptions::insecure_registries)")]
+    #[error("cannot reach registry {registry} over https; plain http is used only for loopback registries and those named insecure (PullOptions::insecure_registries)")]
     HttpsRequired {
         registry: String,
         #[source]
@@ -101,6 +101,10 @@ pub enum RegistryError {
     },
     #[error("{reference}: {what}")]
     Unsupported { reference: String, what: String },
+    #[error(
+        "{reference}: layer {digest} is {size} bytes, over the {limit}-byte limit (Limits::max_bytes); raise it if the image is legitimate"
+    )]
+    BlobTooLarge { reference: String, digest: Digest, size: u64, limit: u64 },
     #[error("{step} {path}")]
     Io {
         step: &'static str,
@@ -247,6 +251,8 @@ pub(crate) struct Registry {
     creds_file: String,
     authorization: Mutex<Option<String>>,
     retries: u32,
+    /// A layer blob larger than this is refused before downloading (the unpack cap).
+    max_blob: u64,
     progress: Option<indicatif::MultiProgress>,
 }
 
@@ -298,6 +304,7 @@ impl Registry {
             creds_file: creds_path.map_or_else(|| "~/.docker/config.json".into(), |p| p.display().to_string()),
             authorization: Mutex::new(None),
             retries: opts.retries,
+            max_blob: opts.limits.max_bytes,
             progress,
         };
         let plain_ok = is_loopback_host(host) || opts.insecure_registries.iter().any(|r| r == host || r == reference.registry());
@@ -609,6 +616,15 @@ impl BlobSource for Registry {
             return Err(RegistryError::Unsupported {
                 reference: self.reference.to_string(),
                 what: format!("layer {} has media type {}, which is not an image layer", desc.digest, desc.media_type),
+            }
+            .into());
+        }
+        if desc.size > self.max_blob {
+            return Err(RegistryError::BlobTooLarge {
+                reference: self.reference.to_string(),
+                digest: desc.digest.clone(),
+                size: desc.size,
+                limit: self.max_blob,
             }
             .into());
         }

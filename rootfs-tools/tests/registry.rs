@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use envbox_rootfs::registry::{PullOptions, RegistryError};
@@ -108,6 +108,11 @@ struct TestRegistry {
 
 impl TestRegistry {
     fn start() -> TestRegistry {
+        TestRegistry::start_on("127.0.0.1")
+    }
+
+    /// `bind`: the address to listen on (`0.0.0.0` to be reachable on a non-loopback address).
+    fn start_on(bind: &str) -> TestRegistry {
         let storage = tempfile::tempdir().unwrap();
         let conf = tempfile::tempdir().unwrap();
         for _ in 0..5 {
@@ -116,7 +121,7 @@ impl TestRegistry {
             fs::write(
                 &yml,
                 format!(
-                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {bind}:{port}\n",
                     storage.path().display()
                 ),
             )
@@ -448,4 +453,123 @@ fn u10_concurrent_pulls_of_one_image_unpack_each_layer_once() {
     assert_eq!(unpacked, 2, "each of the 2 layers unpacked exactly once");
     assert!(results.iter().all(|(i, _)| i.id == results[0].0.id));
     assert!(names(&root.join("tmp")).is_empty());
+}
+
+/// A forwarding proxy in front of the registry that fails on purpose: the first manifest
+/// request gets a 503, and the first download of each blob larger than 4 KiB is cut off
+/// half way (full Content-Length announced, connection closed). Logs every request.
+fn start_flaky_proxy(upstream: u16) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let (log, seen) = (log2.clone(), seen.clone());
+            std::thread::spawn(move || serve_flaky(s, upstream, &log, &seen));
+        }
+    });
+    (port, log)
+}
+
+fn serve_flaky(mut s: TcpStream, upstream: u16, log: &Mutex<Vec<String>>, seen: &Mutex<std::collections::HashSet<String>>) {
+    let mut first = [0u8; 1];
+    if s.peek(&mut first).is_err() || first[0] == 0x16 {
+        return;
+    }
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let (mut range, mut accept) = (None, None);
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("range") {
+                range = Some(v.trim().to_owned());
+            } else if k.eq_ignore_ascii_case("accept") {
+                accept = Some(v.trim().to_owned());
+            }
+        }
+    }
+    let first_time = seen.lock().unwrap().insert(path.clone());
+    if path.contains("/manifests/") && first_time {
+        log.lock().unwrap().push(format!("503 {path}"));
+        let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
+    let mut req = ureq::get(&format!("http://127.0.0.1:{upstream}{path}"));
+    if let Some(a) = &accept {
+        req = req.set("Accept", a);
+    }
+    if let Some(rg) = &range {
+        req = req.set("Range", rg);
+    }
+    let resp = match req.call() {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(_) => return,
+    };
+    let status = resp.status();
+    let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
+    for h in ["content-type", "docker-content-digest", "content-range", "www-authenticate"] {
+        if let Some(v) = resp.header(h) {
+            head.push_str(&format!("{h}: {v}\r\n"));
+        }
+    }
+    let mut body = Vec::new();
+    resp.into_reader().read_to_end(&mut body).unwrap();
+    let cut = path.contains("/blobs/") && range.is_none() && body.len() > 4096 && first_time;
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    log.lock().unwrap().push(format!("{status} {path} range={range:?} cut={cut}"));
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(if cut { &body[..body.len() / 2] } else { &body });
+    let _ = s.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn pull_retries_a_503_and_resumes_a_broken_blob_download() {
+    require_tools!("pull_retries_a_503_and_resumes_a_broken_blob_download");
+    let reg = TestRegistry::start();
+    reg.push("test/busybox:v1");
+    let (port, log) = start_flaky_proxy(reg.port);
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let r = Reference::parse(&format!("127.0.0.1:{port}/test/busybox:v1")).unwrap();
+    let img = store.pull(&r, &PullOptions { retries: 3, ..opts() }).unwrap();
+    let busybox = envbox_rootfs::fixtures::cached(envbox_rootfs::fixtures::Fixture::Busybox).unwrap();
+    assert_eq!(fs::read(img.layers[0].join("bin/busybox")).unwrap(), fs::read(busybox.join("bin/busybox")).unwrap());
+    let log = log.lock().unwrap().clone();
+    assert!(log.iter().any(|l| l.starts_with("503 ")), "{log:#?}");
+    assert!(log.iter().any(|l| l.contains("cut=true")), "{log:#?}");
+    assert!(log.iter().any(|l| l.starts_with("206 ") && l.contains("range=Some(\"bytes=")), "resumed with Range: {log:#?}");
+}
+
+#[test]
+fn plain_http_only_for_loopback_or_insecure_registries() {
+    require_tools!("plain_http_only_for_loopback_or_insecure_registries");
+    let out = Command::new("hostname").arg("-I").output().unwrap();
+    let Some(addr) = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok_and(|a| !a.is_loopback()))
+        .map(str::to_owned)
+    else {
+        eprintln!("plain_http_only_for_loopback_or_insecure_registries: no non-loopback IPv4 address. Skipping test.");
+        return;
+    };
+    let reg = TestRegistry::start_on("0.0.0.0");
+    reg.push("test/busybox:v1");
+    let host = format!("{addr}:{}", reg.port);
+    let r = Reference::parse(&format!("{host}/test/busybox:v1")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let err = store.pull(&r, &opts()).unwrap_err();
+    assert!(matches!(err, ImageError::Registry(RegistryError::HttpsRequired { .. })), "{}", chain(&err));
+    assert!(err.to_string().contains("insecure"), "{err}");
+    let img = store.pull(&r, &PullOptions { insecure_registries: vec![host], ..opts() }).unwrap();
+    assert_eq!(img.layers.len(), 2);
 }
