@@ -18,8 +18,8 @@ pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json"
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, \
      application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
-/// Whether a layer media type is one this crate unpacks (tar, tar+gzip; zstd is detected and
-/// refused with a clear error at unpack time). Foreign/non-distributable layers count too.
+/// Whether a layer media type is one this crate unpacks (tar, tar+gzip, tar+zstd; the actual
+/// compression is told from the blob's magic number). Foreign/non-distributable layers count too.
 pub fn is_layer_media_type(mt: &str) -> bool {
     mt.starts_with("application/vnd.oci.image.layer.")
         || mt.starts_with("application/vnd.docker.image.rootfs.")

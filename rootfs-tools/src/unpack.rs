@@ -144,17 +144,16 @@ impl Compression {
     }
 }
 
-/// Unpacks a possibly compressed layer blob (gzip or plain tar; zstd is refused with a clear
-/// error) into `dest`, which must be an existing empty directory.
+/// Unpacks a possibly compressed layer blob (gzip, zstd or plain tar, told apart by their
+/// magic numbers) into `dest`, which must be an existing empty directory.
 pub fn unpack_blob<R: Read>(blob: R, dest: &Path, expected_diff_id: Option<&Digest>, limits: &Limits) -> Result<UnpackStats> {
     let mut r = BufReader::with_capacity(256 << 10, blob);
     match Compression::detect(&mut r).map_err(UnpackError::Read)? {
         Compression::Gzip => unpack_tar(flate2::bufread::MultiGzDecoder::new(r), dest, expected_diff_id, limits),
+        Compression::Zstd => {
+            unpack_tar(zstd::stream::read::Decoder::with_buffer(r).map_err(UnpackError::Read)?, dest, expected_diff_id, limits)
+        }
         Compression::None => unpack_tar(r, dest, expected_diff_id, limits),
-        Compression::Zstd => Err(UnpackError::Read(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "zstd-compressed layers are not supported yet: push the image with gzip layers",
-        ))),
     }
 }
 

@@ -154,8 +154,13 @@ impl TestRegistry {
     }
 
     fn push(&self, name_tag: &str) {
+        self.push_with(name_tag, &[]);
+    }
+
+    fn push_with(&self, name_tag: &str, extra: &[&str]) {
         run(Command::new("skopeo")
             .args(["copy", "--quiet", "--insecure-policy", "--dest-tls-verify=false"])
+            .args(extra)
             .arg(format!("oci:{}:v1", layout().display()))
             .arg(format!("docker://{}/{name_tag}", self.host())));
     }
@@ -572,4 +577,19 @@ fn plain_http_only_for_loopback_or_insecure_registries() {
     assert!(err.to_string().contains("insecure"), "{err}");
     let img = store.pull(&r, &PullOptions { insecure_registries: vec![host], ..opts() }).unwrap();
     assert_eq!(img.layers.len(), 2);
+}
+
+#[test]
+fn pull_zstd_compressed_layers() {
+    require_tools!("pull_zstd_compressed_layers");
+    let reg = TestRegistry::start();
+    reg.push_with("test/zstd:v1", &["--dest-compress-format", "zstd", "--dest-compress"]);
+    let mdigest = reg.manifest_digest("test/zstd", "v1");
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(reg.blob_path(mdigest.trim_start_matches("sha256:"))).unwrap()).unwrap();
+    assert!(m["layers"][0]["mediaType"].as_str().unwrap().ends_with("+zstd"), "skopeo pushed zstd layers: {m}");
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let img = store.pull(&Reference::parse(&format!("{}/test/zstd:v1", reg.host())).unwrap(), &opts()).unwrap();
+    assert!(fs::symlink_metadata(img.layers[1].join("etc/group")).unwrap().file_type().is_char_device());
+    assert_eq!(fs::read(img.layers[1].join("work/hello")).unwrap(), b"hello from layer 2\n");
 }

@@ -382,3 +382,23 @@ fn later_entries_replace_earlier_ones() {
     assert!(fs::symlink_metadata(s.layer.join("z")).unwrap().is_file());
     assert_eq!(fs::read(s.layer.join("x/in")).unwrap(), b"1");
 }
+
+#[test]
+fn gzip_zstd_and_plain_layers_unpack_alike() {
+    let tar = tar_of(&[E::File("etc/os-release", b"ID=test"), E::Symlink("bin/sh", "busybox")]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::stream::encode_all(&tar[..], 3).unwrap();
+    for (what, blob) in [("plain", tar.clone()), ("gzip", gz), ("zstd", zst)] {
+        let s = scene();
+        let st = unpack_blob(&blob[..], &s.layer, Some(&Digest::of(&tar)), &Limits::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(st.diff_id, Digest::of(&tar), "{what}");
+        assert_eq!(fs::read(s.layer.join("etc/os-release")).unwrap(), b"ID=test", "{what}");
+    }
+    // a zstd bomb is capped like a gzip one
+    let zeros = zstd::stream::encode_all(std::io::repeat(0).take_compat(16 << 20), 3).unwrap();
+    let s = scene();
+    let err = unpack_blob(&zeros[..], &s.layer, None, &Limits { max_bytes: 1 << 20, ..Limits::default() }).unwrap_err();
+    assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
+}
