@@ -25,7 +25,7 @@ pub struct Image {
     /// The layers' diff_ids (sha256 of the uncompressed tar), same order as `layers`.
     pub diff_ids: Vec<Digest>,
     pub config: ImageConfig,
-    /// Bytes of all its layers' uncompressed tars.
+    /// Bytes of the regular files in its layers (what it takes on disk, shared layers included).
     pub size: u64,
     pub created: Option<String>,
     pub architecture: String,

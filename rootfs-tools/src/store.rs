@@ -368,7 +368,6 @@ impl Store {
                 let from = e.path();
                 fs::rename(&from, doomed.join("layer")).map_err(io_err("moving out", &from))?;
                 fs::remove_dir_all(&doomed).map_err(io_err("removing", &doomed))?;
-                let _ = fs::remove_file(self.root.join("locks").join(&name));
                 report.layers_removed += 1;
             }
         }
@@ -378,6 +377,14 @@ impl Store {
             if !live_blobs.contains(&*e.file_name().to_string_lossy()) {
                 fs::remove_file(e.path()).map_err(io_err("removing", &e.path()))?;
                 report.blobs_removed += 1;
+            }
+        }
+        // Lock files of layers that are gone (removed above, or never published).
+        let locks = self.root.join("locks");
+        for e in fs::read_dir(&locks).map_err(io_err("listing", &locks))? {
+            let e = e.map_err(io_err("listing", &locks))?;
+            if !live_layers.contains(&*e.file_name().to_string_lossy()) {
+                let _ = fs::remove_file(e.path());
             }
         }
         let tmp = self.root.join("tmp");

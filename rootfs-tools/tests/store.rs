@@ -231,6 +231,7 @@ fn images_share_layers_and_gc_removes_only_unreferenced_ones() {
     let still = store.get(&Reference::parse("localhost/b").unwrap()).unwrap().unwrap();
     assert_eq!(still.layers, ib.layers);
     assert_eq!(names(&store.root().join("layers")).len(), 2);
+    assert_eq!(names(&store.root().join("locks")).len(), 2, "lock files of removed layers go too");
 }
 
 fn assert_nothing_stored(store: &Store) {
@@ -409,4 +410,38 @@ fn rootfs_dir_import() {
     assert_eq!(fs::read_link(img.layers[0].join("bin/sh")).unwrap().to_string_lossy(), "busybox");
     assert!(img.config.env.iter().any(|e| e.starts_with("PATH=")));
     assert!(names(&store.root().join("tmp")).is_empty());
+}
+
+#[test]
+fn layers_stack_as_overlay_lower_dirs() {
+    if !rustix::process::geteuid().is_root() || !Path::new("/usr/bin/unshare").exists() {
+        if std::env::var_os("SANDBOX_TESTS_MUST_RUN").is_some() {
+            panic!("layers_stack_as_overlay_lower_dirs requires root and unshare");
+        }
+        eprintln!("layers_stack_as_overlay_lower_dirs requires root. Skipping test.");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = oci_layout(&tmp.path().join("l"), &[base_layer(), top_layer()], "v1");
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let (img, _) = import_layout(&store, &layout, "v1", "localhost/ovl").unwrap();
+    let merged = tmp.path().join("merged");
+    fs::create_dir(&merged).unwrap();
+    // In a private mount namespace (unshare -m), so nothing leaks into the host's mount table.
+    let script = format!(
+        "mount -t overlay overlay -o ro,lowerdir={lower} {m} && \
+         test \"$(cat {m}/etc/passwd)\" = root:x:0:0 && \
+         test ! -e {m}/etc/motd && \
+         test \"$(cat {m}/opt/new)\" = new && test ! -e {m}/opt/old && \
+         test -d {m}/work && test -f {m}/bin/sh",
+        lower = img.overlay_lowerdir(),
+        m = merged.display()
+    );
+    let out = std::process::Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-ec", &script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "overlay view of the image is wrong: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
