@@ -445,3 +445,51 @@ fn layers_stack_as_overlay_lower_dirs() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Run as a child process by `u10_concurrent_imports_from_separate_processes` (a no-op when
+/// run normally): imports the layout named in the environment and prints what it unpacked.
+#[test]
+fn child_process_import_helper() {
+    let (Ok(layout), Ok(root)) = (std::env::var("ENVBOX_TEST_CHILD_LAYOUT"), std::env::var("ENVBOX_TEST_CHILD_STORE")) else {
+        return;
+    };
+    let store = Store::open(Path::new(&root)).unwrap();
+    let (img, rep) = import_layout(&store, Path::new(&layout), "v1", "localhost/procs").unwrap();
+    println!("CHILD unpacked={} id={}", rep.layers_unpacked, img.id);
+}
+
+#[test]
+fn u10_concurrent_imports_from_separate_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layers: Vec<Vec<u8>> = (0..3).map(|i| tar_of(&[(&format!("p{i}"), &vec![b'y'; 2 << 20][..])])).collect();
+    let layout = oci_layout(&tmp.path().join("l"), &layers, "v1");
+    let root = tmp.path().join("store");
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(["--exact", "child_process_import_helper", "--nocapture", "--test-threads=1"])
+                .env("ENVBOX_TEST_CHILD_LAYOUT", &layout)
+                .env("ENVBOX_TEST_CHILD_STORE", &root)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut unpacked = 0;
+    let mut ids = std::collections::BTreeSet::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        // the harness prints "test ... " before the helper's output on the same line
+        let line =
+            text.lines().find_map(|l| l.split_once("CHILD ").map(|(_, r)| r)).unwrap_or_else(|| panic!("child printed no result: {text}"));
+        let mut parts = line.split_whitespace();
+        unpacked += parts.next().unwrap().trim_start_matches("unpacked=").parse::<usize>().unwrap();
+        ids.insert(parts.next().unwrap().to_owned());
+    }
+    assert_eq!(unpacked, 3, "each layer unpacked by exactly one of the 6 processes");
+    assert_eq!(ids.len(), 1);
+    assert!(names(&root.join("tmp")).is_empty());
+}
