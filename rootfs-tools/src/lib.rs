@@ -37,7 +37,7 @@
 //! once: each layer is unpacked exactly once under a per-layer `flock` and published by
 //! `rename`; `gc` takes the store lock exclusively and waits for running pulls.
 //!
-//! Modules: [`reference`] (names), [`registry`] (HTTP API v2), [`source`] (local sources),
+//! Modules: [`reference`](mod@reference) (names), [`registry`] (HTTP API v2), [`source`] (local sources),
 //! [`unpack`] (hostile-tar-safe unpacking), [`store`] (layout, locking, gc), [`image`]
 //! (what callers get), [`oci`] (spec documents), [`fixtures`] (test root filesystems).
 

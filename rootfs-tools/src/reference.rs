@@ -132,7 +132,7 @@ impl Reference {
         &self.registry
     }
 
-    /// The host[:port] that serves the v2 API (`registry-1.docker.io` for Docker Hub).
+    /// The `host[:port]` that serves the v2 API (`registry-1.docker.io` for Docker Hub).
     pub fn api_host(&self) -> &str {
         if self.registry == DOCKER_HUB {
             DOCKER_HUB_API
