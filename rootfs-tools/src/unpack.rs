@@ -378,48 +378,62 @@ impl Unpacker<'_> {
         Ok(fd)
     }
 
-    fn ensure_dir(&self, raw: &[u8], comps: &[&[u8]]) -> Result<OwnedFd> {
-        self.ensure_dir_hops(raw, comps, 0)
-    }
-
     /// Opens `comps` as a directory inside the layer root, creating what is missing. A
     /// component that is a symlink whose target does not exist yet (`evil -> /tmp`) is
     /// followed the way the kernel would inside the root: its target is created in the layer.
     /// (A relative target is joined to the link's lexical parent path, which differs from the
     /// kernel only when that path itself went through a symlink; either way it stays inside.)
-    fn ensure_dir_hops(&self, raw: &[u8], comps: &[&[u8]], hops: u32) -> Result<OwnedFd> {
+    /// No recursion: a hostile chain of links costs at most 40 restarts of the walk.
+    fn ensure_dir(&self, raw: &[u8], comps: &[&[u8]]) -> Result<OwnedFd> {
         if comps.is_empty() {
             return self.root.try_clone().map_err(|e| fs_err(raw, "dup", e));
         }
-        let path = join(comps);
-        match rustix::fs::openat2(&self.root, os(&path), DIR_FLAGS, Mode::empty(), IN_ROOT) {
+        // Fast path: the whole path exists; the kernel resolves it inside the root.
+        match rustix::fs::openat2(&self.root, os(&join(comps)), DIR_FLAGS, Mode::empty(), IN_ROOT) {
             Ok(fd) => return Ok(fd),
             Err(Errno::NOENT) => {}
             Err(e) => return Err(fs_err(raw, "openat2 parent dir (RESOLVE_IN_ROOT)", e)),
         }
-        let (&last, up) = comps.split_last().expect("non-empty");
-        let parent = self.ensure_dir_hops(raw, up, hops)?;
-        match rustix::fs::mkdirat(&parent, os(last), Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(fs_err(raw, "mkdirat parent dir", e)),
-        }
-        // O_NOFOLLOW: never let the kernel follow `last` from here (it would not stay in root).
-        match rustix::fs::openat(&parent, os(last), DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty()) {
-            Ok(fd) => Ok(fd),
-            Err(e @ (Errno::NOTDIR | Errno::LOOP)) => {
-                let st = rustix::fs::statat(&parent, os(last), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| fs_err(raw, "fstatat", e))?;
-                if FileType::from_raw_mode(st.st_mode) != FileType::Symlink || hops >= 40 {
-                    return Err(fs_err(raw, "open parent dir (not a directory, or a symlink loop)", e));
+        // Slow path: walk from the root one component at a time, never following anything.
+        let mut path: Vec<Vec<u8>> = comps.iter().map(|c| c.to_vec()).collect();
+        let mut hops = 0;
+        'walk: loop {
+            let mut fd = self.root.try_clone().map_err(|e| fs_err(raw, "dup", e))?;
+            for i in 0..path.len() {
+                let c = os(&path[i]);
+                match rustix::fs::mkdirat(&fd, c, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(fs_err(raw, "mkdirat parent dir", e)),
                 }
-                let target = rustix::fs::readlinkat(&parent, os(last), Vec::new()).map_err(|e| fs_err(raw, "readlinkat", e))?;
-                let target = target.as_bytes();
-                let mut full = if target.starts_with(b"/") { Vec::new() } else { join(up) };
-                full.push(b'/');
-                full.extend_from_slice(target);
-                let resolved = clean_with(&full, self.limits, true)?;
-                self.ensure_dir_hops(raw, &resolved, hops + 1)
+                match rustix::fs::openat(&fd, c, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty()) {
+                    Ok(next) => fd = next,
+                    Err(e @ (Errno::NOTDIR | Errno::LOOP)) => {
+                        let st = rustix::fs::statat(&fd, c, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| fs_err(raw, "fstatat", e))?;
+                        if FileType::from_raw_mode(st.st_mode) != FileType::Symlink || hops >= 40 {
+                            return Err(fs_err(raw, "open parent dir (not a directory, or a symlink loop)", e));
+                        }
+                        hops += 1;
+                        let target = rustix::fs::readlinkat(&fd, c, Vec::new()).map_err(|e| fs_err(raw, "readlinkat", e))?;
+                        let target = target.as_bytes();
+                        let mut full = if target.starts_with(b"/") {
+                            Vec::new()
+                        } else {
+                            join(&path[..i].iter().map(Vec::as_slice).collect::<Vec<_>>())
+                        };
+                        full.push(b'/');
+                        full.extend_from_slice(target);
+                        let mut resolved: Vec<Vec<u8>> = clean_with(&full, self.limits, true)?.into_iter().map(<[u8]>::to_vec).collect();
+                        resolved.extend(path[i + 1..].iter().cloned());
+                        if resolved.len() > self.limits.max_depth {
+                            return Err(UnpackError::TooDeep { path: lossy(&raw[..256.min(raw.len())]), limit: self.limits.max_depth });
+                        }
+                        path = resolved;
+                        continue 'walk;
+                    }
+                    Err(e) => return Err(fs_err(raw, "open parent dir", e)),
+                }
             }
-            Err(e) => Err(fs_err(raw, "open parent dir", e)),
+            return Ok(fd);
         }
     }
 

@@ -402,3 +402,56 @@ fn gzip_zstd_and_plain_layers_unpack_alike() {
     let err = unpack_blob(&zeros[..], &s.layer, None, &Limits { max_bytes: 1 << 20, ..Limits::default() }).unwrap_err();
     assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
 }
+
+#[test]
+fn chains_of_dangling_symlinks_stay_confined_and_bounded() {
+    // l0 -> d/d/.../d/l1 (100 deep), l1 -> ... -> l59: each hop goes deeper, never outside.
+    let deep = "d/".repeat(100);
+    let names: Vec<(String, String)> = (0..60).map(|i| (format!("{deep}l{i}"), format!("/{deep}l{}", i + 1))).collect();
+    let mut entries: Vec<E<'_>> = vec![E::Symlink("l0", &names[0].1)];
+    for (n, t) in names.iter().skip(1) {
+        entries.push(E::Symlink(n, t));
+    }
+    entries.push(E::File("l0/pwn", b"x"));
+    let s = scene();
+    // Run in a thread with a small stack: the walk must not recurse per hop or component.
+    let layer = s.layer.clone();
+    let tar = tar_of_long(&entries);
+    let res = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || unpack_tar(&tar[..], &layer, None, &Limits::default()).map(|_| ()))
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    let err = res.unwrap_err();
+    assert!(err.to_string().contains("symlink loop") || matches!(err, UnpackError::Fs { .. }), "{err}");
+    s.assert_outside_untouched();
+}
+
+/// Like `tar_of`, but through the builder's GNU long-name support (names over 100 bytes);
+/// only for names without `..`, which the builder refuses.
+fn tar_of_long(entries: &[E<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = Header::new_gnu();
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        match *e {
+            E::Symlink(n, t) => {
+                h.set_entry_type(EntryType::Symlink);
+                h.set_size(0);
+                h.set_mode(0o777);
+                b.append_link(&mut h, n, t).unwrap();
+            }
+            E::File(n, d) => {
+                h.set_entry_type(EntryType::Regular);
+                h.set_size(d.len() as u64);
+                h.set_mode(0o644);
+                b.append_data(&mut h, n, d).unwrap();
+            }
+            _ => unimplemented!(),
+        }
+    }
+    b.into_inner().unwrap()
+}
