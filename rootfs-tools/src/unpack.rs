@@ -52,11 +52,14 @@ pub struct Limits {
     pub max_depth: usize,
     /// Bytes of one entry name (or hardlink target).
     pub max_path_len: usize,
+    /// Bytes of the headers and metadata (GNU long names, PAX records) before one entry:
+    /// the `tar` crate holds those in memory, so a "long name" of gigabytes must stop here.
+    pub max_metadata: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bytes: 64 << 30, max_entries: 4_000_000, max_depth: 256, max_path_len: 4096 }
+        Limits { max_bytes: 64 << 30, max_entries: 4_000_000, max_depth: 256, max_path_len: 4096, max_metadata: 4 << 20 }
     }
 }
 
@@ -98,6 +101,8 @@ pub enum UnpackError {
         "layer decompresses to more than {limit} bytes: refusing it (decompression bomb?); raise Limits::max_bytes if it is legitimate"
     )]
     TooLarge { limit: u64 },
+    #[error("layer has more than {limit} bytes of tar headers and metadata (long names, PAX records) before one entry: refusing it; raise Limits::max_metadata if it is legitimate")]
+    MetadataTooLarge { limit: u64 },
     #[error("layer entry {path:?} is more than {limit} directories deep; raise Limits::max_depth if it is legitimate")]
     TooDeep { path: String, limit: usize },
     #[error("layer entry name is longer than {limit} bytes: {prefix:?}...")]
@@ -161,19 +166,28 @@ pub fn unpack_blob<R: Read>(blob: R, dest: &Path, expected_diff_id: Option<&Dige
 pub fn unpack_tar<R: Read>(tar: R, dest: &Path, expected_diff_id: Option<&Digest>, limits: &Limits) -> Result<UnpackStats> {
     let root = rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| fs_err(dest.as_os_str().as_bytes(), "open unpack dir", e))?;
-    let over = Rc::new(Cell::new(false));
-    let limited = LimitReader { inner: tar, left: limits.max_bytes, over: over.clone() };
+    let gate = Rc::new(Gate::default());
+    let limited = LimitReader { inner: tar, left: limits.max_bytes, gate: gate.clone() };
     let mut hashing = HashingReader::new(limited);
     let mut u = Unpacker {
         root,
         limits,
         as_root: rustix::process::geteuid().is_root(),
         parent_cache: None,
+        gate: gate.clone(),
         stats: Counts::default(),
         buf: vec![0; 256 << 10],
     };
     let res = u.run(&mut hashing);
-    let map_read = |e: io::Error| if over.get() { UnpackError::TooLarge { limit: limits.max_bytes } } else { UnpackError::Read(e) };
+    let map_read = |e: io::Error| {
+        if gate.over.get() {
+            UnpackError::TooLarge { limit: limits.max_bytes }
+        } else if gate.meta_over.get() {
+            UnpackError::MetadataTooLarge { limit: limits.max_metadata }
+        } else {
+            UnpackError::Read(e)
+        }
+    };
     match res {
         Err(UnpackError::Read(e)) => return Err(map_read(e)),
         Err(e) => return Err(e),
@@ -189,21 +203,41 @@ pub fn unpack_tar<R: Read>(tar: R, dest: &Path, expected_diff_id: Option<&Digest
     Ok(UnpackStats { diff_id, tar_bytes, entries: c.entries, whiteouts: c.whiteouts, opaque_dirs: c.opaque, skipped_devices: c.devices })
 }
 
+/// Shared between the reader and the unpacker: which cap was hit, and the metadata budget
+/// that is armed only while the `tar` crate reads between two entries.
+#[derive(Default)]
+struct Gate {
+    over: Cell<bool>,
+    meta_left: Cell<Option<u64>>,
+    meta_over: Cell<bool>,
+}
+
 struct LimitReader<R> {
     inner: R,
     left: u64,
-    over: Rc<Cell<bool>>,
+    gate: Rc<Gate>,
 }
 
 impl<R: Read> Read for LimitReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let buf = match self.gate.meta_left.get() {
+            Some(0) => {
+                self.gate.meta_over.set(true);
+                return Err(io::Error::other("tar metadata limit reached"));
+            }
+            Some(m) => {
+                let cap = usize::try_from(m).unwrap_or(usize::MAX).min(buf.len());
+                &mut buf[..cap]
+            }
+            None => buf,
+        };
         if self.left == 0 {
             // Only an error if there is more data.
             let mut probe = [0u8; 1];
             return match self.inner.read(&mut probe)? {
                 0 => Ok(0),
                 _ => {
-                    self.over.set(true);
+                    self.gate.over.set(true);
                     Err(io::Error::other("layer size limit reached"))
                 }
             };
@@ -211,6 +245,9 @@ impl<R: Read> Read for LimitReader<R> {
         let cap = usize::try_from(self.left).unwrap_or(usize::MAX).min(buf.len());
         let n = self.inner.read(&mut buf[..cap])?;
         self.left -= n as u64;
+        if let Some(m) = self.gate.meta_left.get() {
+            self.gate.meta_left.set(Some(m - n as u64));
+        }
         Ok(n)
     }
 }
@@ -229,6 +266,7 @@ struct Unpacker<'a> {
     as_root: bool,
     /// The last parent directory resolved, by cleaned path: most entries share their parent.
     parent_cache: Option<(Vec<u8>, OwnedFd)>,
+    gate: Rc<Gate>,
     stats: Counts,
     buf: Vec<u8>,
 }
@@ -297,15 +335,24 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::
 impl Unpacker<'_> {
     fn run<R: Read>(&mut self, stream: R) -> Result<()> {
         let mut archive = tar::Archive::new(stream);
-        for entry in archive.entries().map_err(UnpackError::Read)? {
+        let mut entries = archive.entries().map_err(UnpackError::Read)?;
+        loop {
+            // Between entries the tar crate reads headers, GNU long names and PAX records
+            // into memory: only then is the metadata budget armed.
+            self.gate.meta_left.set(Some(self.limits.max_metadata));
+            let next = entries.next();
+            self.gate.meta_left.set(None);
+            let Some(entry) = next else { return Ok(()) };
             let mut entry = entry.map_err(UnpackError::Read)?;
             self.stats.entries += 1;
             if self.stats.entries > self.limits.max_entries {
                 return Err(UnpackError::TooManyEntries { limit: self.limits.max_entries });
             }
             self.entry(&mut entry)?;
+            // Data the handler did not read (devices, links with a size...) is skipped here,
+            // outside the metadata budget.
+            io::copy(&mut entry, &mut io::sink()).map_err(UnpackError::Read)?;
         }
-        Ok(())
     }
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {

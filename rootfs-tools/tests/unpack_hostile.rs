@@ -455,3 +455,34 @@ fn tar_of_long(entries: &[E<'_>]) -> Vec<u8> {
     }
     b.into_inner().unwrap()
 }
+
+#[test]
+fn u8_huge_long_names_and_pax_records_are_capped_before_memory() {
+    // A GNU long-name member ('L') or a PAX record set ('x') of 8 MiB: the tar crate would
+    // read it into memory whole; the metadata cap (4 MiB by default) stops it first.
+    for kind in [EntryType::GNULongName, EntryType::XHeader] {
+        let mut b = tar::Builder::new(Vec::new());
+        let data = if kind == EntryType::XHeader {
+            let value = "a".repeat(8 << 20);
+            let rec = format!("path={value}\n");
+            let len = rec.len() + 1 + (rec.len() + 9).to_string().len();
+            format!("{len} {rec}").into_bytes()
+        } else {
+            vec![b'a'; 8 << 20]
+        };
+        let mut h = header("././@LongLink", kind, data.len() as u64, "", 0o644);
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+        b.append(&header("f", EntryType::Regular, 0, "", 0o644), &b""[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let s = scene();
+        let err = unpack_tar(&tar[..], &s.layer, None, &Limits::default()).unwrap_err();
+        assert!(matches!(err, UnpackError::MetadataTooLarge { limit } if limit == 4 << 20), "{kind:?}: {err}");
+        assert!(err.to_string().contains("Limits::max_metadata"));
+    }
+    // ordinary long names pass
+    let name = "d/".repeat(100) + "file";
+    let s = scene();
+    unpack_tar(&tar_of_long(&[E::File(&name, b"ok")])[..], &s.layer, None, &Limits::default()).unwrap();
+    assert_eq!(fs::read(s.layer.join(&name)).unwrap(), b"ok");
+}
