@@ -78,6 +78,8 @@ pub enum RegistryError {
     },
     #[error("{url}: HTTP {status}{hint}{body}")]
     Status { url: String, status: u16, hint: &'static str, body: String },
+    #[error("{url}: HTTP 401 (access denied: check the credentials file, or whether the image is private)")]
+    Unauthorized { url: String, challenge: String },
     #[error("registry {registry} requires authentication: put credentials for it in {file} (docker login format: {{\"auths\":{{\"{registry}\":{{\"auth\":\"base64(user:password)\"}}}}}})")]
     AuthRequired { registry: String, file: String },
     #[error("registry {registry} answered 401 with a challenge this client does not understand: {challenge:?}")]
@@ -323,7 +325,7 @@ impl Registry {
         };
         match ping {
             Ok(_) => {}
-            Err(RegistryError::Status { status: 401, .. }) => {} // handled by the first real request
+            Err(RegistryError::Unauthorized { .. }) => {} // answered at the first real request
             Err(e) => return Err(e.into()),
         }
         Ok(reg)
@@ -368,8 +370,7 @@ impl Registry {
                     let _ = resp.into_reader().take(512).read_to_string(&mut body);
                     let body = if body.trim().is_empty() { String::new() } else { format!(": {}", body.trim()) };
                     if status == 401 {
-                        // Keep the challenge for the caller in the body slot.
-                        return Err(RegistryError::Status { url, status, hint: "", body: challenge.unwrap_or_default() });
+                        return Err(RegistryError::Unauthorized { url, challenge: challenge.unwrap_or_default() });
                     }
                     return Err(RegistryError::Status { url, status, hint: status_hint(status), body });
                 }
@@ -381,14 +382,9 @@ impl Registry {
     /// GET with auth: on 401, answers the challenge (token or basic) once and retries.
     fn get(&self, path: &str, accept: Option<&str>, range: Option<u64>) -> RResult<ureq::Response> {
         match self.raw_get(path, accept, range) {
-            Err(RegistryError::Status { status: 401, body: challenge, .. }) => {
+            Err(RegistryError::Unauthorized { challenge, .. }) => {
                 self.authenticate(&challenge)?;
-                match self.raw_get(path, accept, range) {
-                    Err(RegistryError::Status { status: 401, url, .. }) => {
-                        Err(RegistryError::Status { url, status: 401, hint: status_hint(401), body: String::new() })
-                    }
-                    other => other,
-                }
+                self.raw_get(path, accept, range)
             }
             other => other,
         }

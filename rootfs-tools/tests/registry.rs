@@ -351,18 +351,24 @@ fn missing_image_and_unreachable_registry_give_clear_errors() {
 /// token at /token (asking for basic credentials if `basic` is set), and redirects
 /// authorised requests to the real registry (as registries redirect blobs to storage).
 fn start_token_proxy(upstream: u16, basic: Option<&'static str>) -> u16 {
+    start_auth_proxy(upstream, basic, false)
+}
+
+/// With `basic_only`, the proxy asks for HTTP basic auth on every request instead (as a
+/// registry behind htpasswd does).
+fn start_auth_proxy(upstream: u16, basic: Option<&'static str>, basic_only: bool) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(s) = s else { continue };
-            std::thread::spawn(move || serve_token_proxy(s, port, upstream, basic));
+            std::thread::spawn(move || serve_token_proxy(s, port, upstream, basic, basic_only));
         }
     });
     port
 }
 
-fn serve_token_proxy(mut s: TcpStream, port: u16, upstream: u16, basic: Option<&str>) {
+fn serve_token_proxy(mut s: TcpStream, port: u16, upstream: u16, basic: Option<&str>, basic_only: bool) {
     let mut first = [0u8; 1];
     if s.peek(&mut first).is_err() || first[0] == 0x16 {
         return; // a TLS ClientHello: this server only speaks http, as the probe expects
@@ -383,7 +389,14 @@ fn serve_token_proxy(mut s: TcpStream, port: u16, upstream: u16, basic: Option<&
             }
         }
     }
-    let reply = if path.starts_with("/token") {
+    let reply = if basic_only {
+        if basic.is_some_and(|b| auth == format!("Basic {b}")) {
+            format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{upstream}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        } else {
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"test registry\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                .to_owned()
+        }
+    } else if path.starts_with("/token") {
         let scope_ok = path.contains("scope=repository%3Atest%2Fbusybox%3Apull") && path.contains("service=envbox-test");
         let basic_ok = basic.map_or(true, |b| auth == format!("Basic {b}"));
         if scope_ok && basic_ok {
@@ -433,6 +446,16 @@ fn bearer_token_handshake_with_and_without_credentials() {
     fs::write(&file, format!(r#"{{"auths":{{"127.0.0.1:{locked}":{{"auth":"{creds}"}}}}}}"#)).unwrap();
     let img2 = store.pull(&r, &PullOptions { credentials_file: Some(file), ..opts() }).unwrap();
     assert_eq!(img2.id, img.id);
+
+    // a registry that asks for HTTP basic auth itself (htpasswd style)
+    let basic = start_auth_proxy(reg.port, Some(creds), true);
+    let r = Reference::parse(&format!("127.0.0.1:{basic}/test/busybox:v1")).unwrap();
+    let store = Store::open(&tmp.path().join("store3")).unwrap();
+    let err = store.pull(&r, &PullOptions { credentials_file: Some(empty), ..opts() }).unwrap_err();
+    assert!(err.to_string().contains("requires authentication"), "{err}");
+    let file = tmp.path().join("auth-basic.json");
+    fs::write(&file, format!(r#"{{"auths":{{"127.0.0.1:{basic}":{{"username":"alice","password":"s3cret"}}}}}}"#)).unwrap();
+    assert_eq!(store.pull(&r, &PullOptions { credentials_file: Some(file), ..opts() }).unwrap().id, img.id);
 }
 
 #[test]
