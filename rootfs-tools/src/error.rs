@@ -2,6 +2,7 @@
 //! one variant per module; each module's enum names the failing step.
 
 use crate::digest::DigestError;
+use crate::image::UserError;
 use crate::reference::ReferenceError;
 use crate::registry::RegistryError;
 use crate::source::SourceError;
@@ -22,6 +23,8 @@ pub enum ImageError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    User(#[from] UserError),
 }
 
 pub type Result<T> = std::result::Result<T, ImageError>;

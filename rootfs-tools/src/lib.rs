@@ -24,6 +24,7 @@
 //! // and the config to apply: env, working_dir, entrypoint/cmd, user, labels.
 //! for layer in &img.layers { println!("{}", layer.display()); }
 //! let _ = (&img.config.env, &img.config.working_dir, img.config.command(), &img.config.user);
+//! let _uid_gid = img.user_ids()?; // `User` resolved through the image's /etc/passwd, /etc/group
 //!
 //! // Look up without pulling, list, untag, reclaim space (keep images of live sandboxes).
 //! let _maybe = store.get(&r)?;

@@ -493,3 +493,46 @@ fn u10_concurrent_imports_from_separate_processes() {
     assert_eq!(ids.len(), 1);
     assert!(names(&root.join("tmp")).is_empty());
 }
+
+#[test]
+fn files_and_users_are_read_through_the_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l1 = tar_of(&[
+        ("etc/", b""),
+        ("etc/passwd", b"root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n"),
+        ("etc/group", b"root:x:0:\nstaff:x:50:\n"),
+        ("etc/gone", b"old"),
+        ("etc/shadowed", b"lower"),
+        ("opt/", b""),
+        ("opt/lower-only", b"lower"),
+        ("lnk", b"->/etc"),
+    ]);
+    let l2 = tar_of(&[("etc/.wh.gone", b""), ("etc/shadowed", b"upper"), ("opt/.wh..wh..opq", b"")]);
+    let layout = oci_layout(&tmp.path().join("l"), &[l1, l2], "v1");
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let (mut img, _) = import_layout(&store, &layout, "v1", "localhost/users").unwrap();
+    assert_eq!(img.read_file("/etc/shadowed", 100).unwrap(), b"upper");
+    assert!(img.read_file("/etc/gone", 100).is_none(), "whited out");
+    assert!(img.read_file("/lnk/passwd", 100).is_none(), "symlinks are not followed");
+    assert!(img.read_file("/etc/../etc/passwd", 100).is_none());
+    if rustix::process::geteuid().is_root() {
+        assert!(img.read_file("/opt/lower-only", 100).is_none(), "hidden by the opaque dir");
+    }
+    let ids = |img: &envbox_rootfs::Image| img.user_ids();
+    img.config.user = Some("1000:1000".into()); // as the test config says
+    assert_eq!(ids(&img).unwrap(), Some((1000, 1000)));
+    img.config.user = Some("app".into());
+    assert_eq!(ids(&img).unwrap(), Some((1000, 1001)));
+    img.config.user = Some("app:staff".into());
+    assert_eq!(ids(&img).unwrap(), Some((1000, 50)));
+    img.config.user = Some("1000".into());
+    assert_eq!(ids(&img).unwrap(), Some((1000, 1001)));
+    img.config.user = Some("4242".into());
+    assert_eq!(ids(&img).unwrap(), Some((4242, 4242)));
+    img.config.user = Some("nobody".into());
+    assert!(ids(&img).unwrap_err().to_string().contains("numeric uid"));
+    img.config.user = Some("app:wheel".into());
+    assert!(ids(&img).is_err());
+    img.config.user = None;
+    assert_eq!(ids(&img).unwrap(), None);
+}
