@@ -255,6 +255,8 @@ pub(crate) struct Registry {
     retries: u32,
     /// A layer blob larger than this is refused before downloading (the unpack cap).
     max_blob: u64,
+    /// Loopback or named insecure: plain http (registry and token realm) is acceptable.
+    plain_ok: bool,
     progress: Option<indicatif::MultiProgress>,
 }
 
@@ -307,9 +309,10 @@ impl Registry {
             authorization: Mutex::new(None),
             retries: opts.retries,
             max_blob: opts.limits.max_bytes,
+            plain_ok: is_loopback_host(host) || opts.insecure_registries.iter().any(|r| r == host || r == reference.registry()),
             progress,
         };
-        let plain_ok = is_loopback_host(host) || opts.insecure_registries.iter().any(|r| r == host || r == reference.registry());
+        let plain_ok = reg.plain_ok;
         // The https probe is not retried where plain http is allowed: a registry that speaks
         // only http fails the TLS handshake at once, and waiting would only delay the fallback.
         let probe_tries = if plain_ok { 0 } else { reg.retries };
@@ -403,6 +406,12 @@ impl Registry {
                     .params
                     .get("realm")
                     .ok_or_else(|| RegistryError::BadChallenge { registry: registry.clone(), challenge: challenge.into() })?;
+                if realm.starts_with("http://") && !self.plain_ok {
+                    return Err(RegistryError::BadChallenge {
+                        registry,
+                        challenge: format!("{challenge} (a token realm over plain http is refused for a registry reached over https)"),
+                    });
+                }
                 let scope = c.params.get("scope").cloned().unwrap_or_else(|| format!("repository:{}:pull", self.reference.repository()));
                 let mut req = self.agent.get(realm).query("scope", &scope);
                 if let Some(service) = c.params.get("service") {
