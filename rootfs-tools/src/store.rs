@@ -100,9 +100,6 @@ pub(crate) struct OpenedBlob {
 pub(crate) trait BlobSource: Sync {
     /// Opens a layer blob; `scratch` is a store temp dir the source may download into.
     fn open_layer(&self, layer: &LayerSpec, scratch: &Path) -> Result<OpenedBlob>;
-
-    /// Called once per layer actually transferred (for progress/statistics). Default: nothing.
-    fn layer_done(&self, _layer: &LayerSpec, _reused: bool) {}
 }
 
 /// An image whose manifest and config a source has resolved; layers not yet fetched.
@@ -500,12 +497,11 @@ impl Store {
     fn ensure_layer(&self, spec: &LayerSpec, src: &dyn BlobSource, limits: &Limits) -> Result<Option<u64>> {
         let dest = self.layer_dir(&spec.diff_id);
         if dest.is_dir() {
-            src.layer_done(spec, true);
             return Ok(None);
         }
         let _lock = self.lock(&format!("locks/{}", spec.diff_id.hex()), FlockOperation::LockExclusive)?;
         if dest.is_dir() {
-            src.layer_done(spec, true);
+            // another process published it while we waited for the lock
             return Ok(None);
         }
         let work = self.temp_dir(&format!("layer-{}", &spec.diff_id.hex()[..12]))?;
@@ -516,9 +512,7 @@ impl Store {
         });
         // The work dir holds the download (if any) and, on failure, the partial unpack.
         let _ = fs::remove_dir_all(&work);
-        let bytes = res?;
-        src.layer_done(spec, false);
-        Ok(Some(bytes))
+        Ok(Some(res?))
     }
 
     fn unpack_into(&self, spec: &LayerSpec, src: &dyn BlobSource, limits: &Limits, work: &Path) -> Result<u64> {
