@@ -438,7 +438,8 @@ impl Unpacker<'_> {
         // Fast path: the whole path exists; the kernel resolves it inside the root.
         match rustix::fs::openat2(&self.root, os(&join(comps)), DIR_FLAGS, Mode::empty(), IN_ROOT) {
             Ok(fd) => return Ok(fd),
-            Err(Errno::NOENT) => {}
+            // missing, or a whiteout of this layer in the way (handled below)
+            Err(Errno::NOENT | Errno::NOTDIR) => {}
             Err(e) => return Err(fs_err(raw, "openat2 parent dir (RESOLVE_IN_ROOT)", e)),
         }
         // Slow path: walk from the root one component at a time, never following anything.
@@ -456,6 +457,14 @@ impl Unpacker<'_> {
                     Ok(next) => fd = next,
                     Err(e @ (Errno::NOTDIR | Errno::LOOP)) => {
                         let st = rustix::fs::statat(&fd, c, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| fs_err(raw, "fstatat", e))?;
+                        if is_whiteout(&st) {
+                            // `.wh.a` then `a/b` in one layer: `a` is a new directory that must
+                            // hide the lower layers' `a`, i.e. an opaque one.
+                            rustix::fs::unlinkat(&fd, c, AtFlags::empty()).map_err(|e| fs_err(raw, "unlinkat whiteout", e))?;
+                            rustix::fs::mkdirat(&fd, c, Mode::from_raw_mode(0o755)).map_err(|e| fs_err(raw, "mkdirat", e))?;
+                            self.mark_opaque(raw, fd.as_fd(), &path[i])?;
+                            continue 'walk;
+                        }
                         if FileType::from_raw_mode(st.st_mode) != FileType::Symlink || hops >= 40 {
                             return Err(fs_err(raw, "open parent dir (not a directory, or a symlink loop)", e));
                         }
@@ -493,6 +502,9 @@ impl Unpacker<'_> {
                     // e.g. `sub -> ../external` then dir `sub`: replace the link, never chmod its target.
                     remove_at(dir, name).map_err(|e| fs_err(raw, "remove old entry", e))?;
                     rustix::fs::mkdirat(dir, os(name), Mode::from_raw_mode(0o700)).map_err(|e| fs_err(raw, "mkdirat", e))?;
+                    if is_whiteout(&st) {
+                        self.mark_opaque(raw, dir, name)?;
+                    }
                 }
             }
             Err(e) => return Err(fs_err(raw, "mkdirat", e)),
@@ -594,6 +606,12 @@ impl Unpacker<'_> {
         Ok(())
     }
 
+    fn mark_opaque(&self, raw: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+        let fd = rustix::fs::openat(dir, os(name), DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty()).map_err(|e| fs_err(raw, "open dir", e))?;
+        rustix::fs::fsetxattr(&fd, OPAQUE_XATTR, b"y", XattrFlags::empty())
+            .map_err(|e| fs_err(raw, "fsetxattr trusted.overlay.opaque (needs root and a filesystem with trusted xattrs)", e))
+    }
+
     fn chown(&self, raw: &[u8], dir: BorrowedFd<'_>, name: &[u8], owner: (u64, u64)) -> Result<()> {
         if self.as_root {
             rustix::fs::chownat(dir, os(name), Some(uid(owner.0)), Some(gid(owner.1)), AtFlags::SYMLINK_NOFOLLOW)
@@ -601,6 +619,11 @@ impl Unpacker<'_> {
         }
         Ok(())
     }
+}
+
+/// An overlayfs whiteout: a 0:0 character device.
+fn is_whiteout(st: &rustix::fs::Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
 }
 
 fn uid(id: u64) -> Uid {

@@ -227,6 +227,20 @@ fn u4_opaque_dirs_keep_this_layers_content() {
 }
 
 #[test]
+fn a_whiteout_then_new_content_of_the_same_name_makes_an_opaque_dir() {
+    require_root!("a_whiteout_then_new_content_of_the_same_name_makes_an_opaque_dir");
+    let s = scene();
+    s.unpack(&[E::File(".wh.a", b""), E::File("a/b", b"new"), E::File(".wh.d", b""), E::Dir("d", 0o755)]).unwrap();
+    for d in ["a", "d"] {
+        assert!(s.layer.join(d).is_dir(), "{d}");
+        let mut buf = [0u8; 4];
+        let n = rustix::fs::getxattr(s.layer.join(d), OPAQUE_XATTR, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"y", "{d} hides the lower layers' {d}");
+    }
+    assert_eq!(fs::read(s.layer.join("a/b")).unwrap(), b"new");
+}
+
+#[test]
 fn u5_whiteout_under_a_symlinked_parent_stays_in_the_layer() {
     let s = scene();
     s.unpack(&[E::Symlink("l", "/"), E::File("l/.wh.etc", b"")]).unwrap();
