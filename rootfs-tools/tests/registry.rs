@@ -616,3 +616,87 @@ fn pull_zstd_compressed_layers() {
     assert!(fs::symlink_metadata(img.layers[1].join("etc/group")).unwrap().file_type().is_char_device());
     assert_eq!(fs::read(img.layers[1].join("work/hello")).unwrap(), b"hello from layer 2\n");
 }
+
+/// Pushes the test image to `name:v1` with its layers decompressed (media type `...tar`),
+/// through the registry's own upload API (skopeo always compresses for a registry).
+fn push_uncompressed_copy(reg: &TestRegistry, name: &str) {
+    let img = layout();
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(img.join("index.json")).unwrap()).unwrap();
+    let blob = |d: &str| fs::read(img.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let upload = |bytes: &[u8]| {
+        let d = envbox_rootfs::Digest::of(bytes);
+        // start an upload session, then finish it with the whole blob (a "monolithic" PUT)
+        let started = ureq::post(&format!("http://{}/v2/{name}/blobs/uploads/", reg.host())).call().unwrap();
+        let loc = started.header("location").unwrap().to_owned();
+        let loc = if loc.starts_with("http") { loc } else { format!("http://{}{loc}", reg.host()) };
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        ureq::put(&format!("{loc}{sep}digest={d}"))
+            .set("Content-Type", "application/octet-stream")
+            .send_bytes(bytes)
+            .unwrap_or_else(|e| panic!("upload: {e}"));
+        d
+    };
+    for layer in m["layers"].as_array_mut().unwrap() {
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(&blob(layer["digest"].as_str().unwrap())[..]).read_to_end(&mut tar).unwrap();
+        let d = upload(&tar);
+        layer["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
+        layer["digest"] = d.to_string().into();
+        layer["size"] = tar.len().into();
+    }
+    upload(&blob(m["config"]["digest"].as_str().unwrap()));
+    ureq::put(&format!("http://{}/v2/{name}/manifests/v1", reg.host()))
+        .set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .send_bytes(&serde_json::to_vec(&m).unwrap())
+        .unwrap_or_else(|e| panic!("PUT manifest: {e}"));
+}
+
+#[test]
+fn pull_docker_schema2_and_uncompressed_layers() {
+    require_tools!("pull_docker_schema2_and_uncompressed_layers");
+    let reg = TestRegistry::start();
+    reg.push_with("test/v2s2:v1", &["--format", "v2s2"]);
+    push_uncompressed_copy(&reg, "test/plain");
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    for (name, media) in [("test/v2s2", "application/vnd.docker.image.rootfs.diff.tar.gzip"), ("test/plain", "tar")] {
+        let m: serde_json::Value =
+            serde_json::from_slice(&fs::read(reg.blob_path(reg.manifest_digest(name, "v1").trim_start_matches("sha256:"))).unwrap())
+                .unwrap();
+        let mt = m["layers"][0]["mediaType"].as_str().unwrap().to_owned();
+        assert!(mt.ends_with(media), "{name}: {mt}");
+        let img = store.pull(&Reference::parse(&format!("{}/{name}:v1", reg.host())).unwrap(), &opts()).unwrap();
+        assert!(fs::symlink_metadata(img.layers[1].join("etc/group")).unwrap().file_type().is_char_device(), "{name}");
+        assert_eq!(img.config.working_dir.as_deref(), Some("/work"), "{name}");
+    }
+}
+
+#[test]
+fn import_what_skopeo_writes_as_docker_archive_and_oci_archive() {
+    require_tools!("import_what_skopeo_writes_as_docker_archive_and_oci_archive");
+    let tmp = tempfile::tempdir().unwrap();
+    let darch = tmp.path().join("bb-docker.tar");
+    let oarch = tmp.path().join("bb-oci.tar");
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--insecure-policy"])
+        .arg(format!("oci:{}:v1", layout().display()))
+        .arg(format!("docker-archive:{}:team/bb:v1", darch.display())));
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--insecure-policy"])
+        .arg(format!("oci:{}:v1", layout().display()))
+        .arg(format!("oci-archive:{}:v1", oarch.display())));
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let limits = envbox_rootfs::Limits::default();
+    let (d, _) =
+        store.import(&envbox_rootfs::Source::parse(&format!("docker-archive:{}", darch.display())).unwrap(), None, &limits).unwrap();
+    assert_eq!(d.references, vec![Reference::parse("team/bb:v1").unwrap()]);
+    let (o, _) = store.import(&envbox_rootfs::Source::parse(&format!("oci:{}:v1", oarch.display())).unwrap(), None, &limits).unwrap();
+    let (l, _) = store.import(&envbox_rootfs::Source::parse(&format!("oci:{}:v1", layout().display())).unwrap(), None, &limits).unwrap();
+    for img in [&d, &o, &l] {
+        assert_eq!(img.diff_ids, l.diff_ids, "same layers whatever the container format");
+        assert_eq!(img.config.user.as_deref(), Some("1000:1000"));
+        assert!(fs::symlink_metadata(img.layers[1].join("etc/group")).unwrap().file_type().is_char_device());
+    }
+    assert_eq!(names(&store.root().join("layers")).len(), 2, "the three imports share two layer dirs");
+}
