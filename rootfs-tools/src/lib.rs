@@ -26,7 +26,10 @@
 //! let _ = (&img.config.env, &img.config.working_dir, img.config.command(), &img.config.user);
 //! let _uid_gid = img.user_ids()?; // `User` resolved through the image's /etc/passwd, /etc/group
 //!
-//! // Look up without pulling, list, untag, reclaim space (keep images of live sandboxes).
+//! // A lease keeps an image's layers from gc while a sandbox uses them.
+//! let _lease = store.lease(&img.id)?;
+//!
+//! // Look up without pulling, list, untag, reclaim space (also keeping the ids in `keep`).
 //! let _maybe = store.get(&r)?;
 //! let _all = store.list()?;
 //! store.remove(&r)?;
@@ -61,5 +64,5 @@ pub use oci::Platform;
 pub use reference::{Reference, ReferenceError};
 pub use registry::PullOptions;
 pub use source::Source;
-pub use store::{GcReport, InstallReport, Store};
+pub use store::{GcReport, InstallReport, Lease, Store};
 pub use unpack::Limits;

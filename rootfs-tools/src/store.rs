@@ -10,6 +10,7 @@
 //! layers/<diff_id hex>/   one unpacked layer each (overlayfs format), read-only by contract
 //! locks/<diff_id hex>     flock per layer: exactly one process unpacks a given layer
 //! images/<id hex>.json    image record: layer diff_ids, config, sizes
+//! leases/<id hex>         flock (shared) held by users of an image: gc keeps leased images
 //! tmp/                    downloads and unpacks in progress; emptied by gc
 //! ```
 //!
@@ -142,6 +143,22 @@ struct Record {
     os: String,
 }
 
+/// A shared lock that keeps an image (and its layers) from [`Store::gc`]. Dropping it (and
+/// every duplicate of its descriptor) releases it. The descriptor is close-on-exec; to let a
+/// sandbox's init process hold the lease for the sandbox's life, pass it a duplicate without
+/// `FD_CLOEXEC`.
+#[derive(Debug)]
+pub struct Lease {
+    file: File,
+    pub id: Digest,
+}
+
+impl std::os::fd::AsFd for Lease {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
 /// The image store. Cheap to open; safe to use from several threads and processes at once.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -154,7 +171,7 @@ impl Store {
     /// Opens (creating if needed) the store at `root`. The runtime keeps it at
     /// `<state root>/.images` (so it can never collide with a sandbox name).
     pub fn open(root: &Path) -> Result<Store> {
-        for sub in ["blobs/sha256", "layers", "locks", "images", "tmp"] {
+        for sub in ["blobs/sha256", "layers", "locks", "leases", "images", "tmp"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
@@ -332,14 +349,46 @@ impl Store {
         Ok(image)
     }
 
-    /// Removes layers, blobs and image records that no tag (and no image in `keep`, which
-    /// the runtime fills with the images of live sandboxes) refers to, and leftovers in
-    /// `tmp/`. Waits for running pulls to finish, and holds them off while it runs.
+    /// Takes a lease on an image: while the returned [`Lease`] (or any duplicate of its file
+    /// descriptor, e.g. one inherited by a sandbox's init process) stays open, [`Store::gc`]
+    /// keeps the image and its layers even if it is untagged. Fails if the image is gone.
+    pub fn lease(&self, id: &Digest) -> Result<Lease> {
+        // Under the store lock (shared), so a running gc finishes first and cannot remove
+        // the image between the check and the lock.
+        let _g = self.lock("store.lock", FlockOperation::LockShared)?;
+        if self.read_record(id)?.is_none() {
+            return Err(StoreError::NotFound(id.to_string()).into());
+        }
+        let file = self.lock(&format!("leases/{}", id.hex()), FlockOperation::LockShared)?;
+        Ok(Lease { file, id: id.clone() })
+    }
+
+    /// Whether someone holds a lease on `id` (gc runs with the store lock held exclusively).
+    fn leased(&self, id: &Digest) -> bool {
+        let path = self.root.join("leases").join(id.hex());
+        let Ok(f) = File::open(&path) else { return false };
+        match rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                let _ = fs::remove_file(&path);
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Removes layers, blobs and image records that no tag, no lease ([`Store::lease`]) and
+    /// no image in `keep` refers to, and leftovers in `tmp/`. Waits for running pulls to
+    /// finish, and holds them off while it runs.
     pub fn gc(&self, keep: &[Digest]) -> Result<GcReport> {
         let _g = self.lock("store.lock", FlockOperation::LockExclusive)?;
         let mut report = GcReport::default();
         let refs = self.read_refs()?;
-        let live_ids: BTreeSet<Digest> = refs.values().cloned().chain(keep.iter().cloned()).collect();
+        let mut live_ids: BTreeSet<Digest> = refs.values().cloned().chain(keep.iter().cloned()).collect();
+        for rec in self.records()? {
+            if !live_ids.contains(&rec.id) && self.leased(&rec.id) {
+                live_ids.insert(rec.id.clone());
+            }
+        }
         let mut live_layers = BTreeSet::new();
         let mut live_blobs = BTreeSet::new();
         for rec in self.records()? {

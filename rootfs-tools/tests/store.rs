@@ -536,3 +536,24 @@ fn files_and_users_are_read_through_the_layers() {
     img.config.user = None;
     assert_eq!(ids(&img).unwrap(), None);
 }
+
+#[test]
+fn leased_images_survive_gc_until_released() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = oci_layout(&tmp.path().join("l"), &[base_layer(), top_layer()], "v1");
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let (img, _) = import_layout(&store, &layout, "v1", "localhost/leased").unwrap();
+    let lease = store.lease(&img.id).unwrap();
+    // a second holder (another sandbox) through its own descriptor
+    let lease2 = Store::open(store.root()).unwrap().lease(&img.id).unwrap();
+    store.remove(&Reference::parse("localhost/leased").unwrap()).unwrap();
+    assert_eq!(store.gc(&[]).unwrap().layers_removed, 0, "leased: kept");
+    drop(lease);
+    assert_eq!(store.gc(&[]).unwrap().layers_removed, 0, "still leased by the second holder");
+    assert!(img.layers.iter().all(|l| l.is_dir()));
+    drop(lease2);
+    let r = store.gc(&[]).unwrap();
+    assert_eq!((r.images_removed, r.layers_removed), (1, 2));
+    assert!(store.lease(&img.id).is_err(), "a removed image cannot be leased");
+    assert!(names(&store.root().join("leases")).is_empty());
+}
