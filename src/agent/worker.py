@@ -102,14 +102,16 @@ Call semantics (those of affinetes 0.2.0's server, with the fixes noted)
    not_found.  No underscore filter.
 3. Coroutine functions (inspect.iscoroutinefunction, which sees through
    bound methods and functools.partial) run as tasks on one asyncio event
-   loop that lives in a dedicated daemon thread.  Anything else runs on a
-   ThreadPoolExecutor of ENVBOX_WORKER_THREADS threads (default 64: the
-   reference's min(32, cpu_count + 4) lets only 6 evaluations that wait on
-   an LLM run at once on a 2-core machine), which is also the
-   loop's default executor (asyncio.to_thread shares it, as in the
-   reference).  A sync function that returns an awaitable has it awaited on
-   the loop (the reference tried to serialize the coroutine object).
-   The main thread only reads frames and dispatches; it never runs user code.
+   loop that lives in a dedicated daemon thread, started (and asyncio
+   imported) by the first call that needs it.  Anything else runs on a
+   pool of up to ENVBOX_WORKER_THREADS threads (default 64: the reference's
+   min(32, cpu_count + 4) lets only 6 evaluations that wait on an LLM run
+   at once on a 2-core machine).  The loop's default executor
+   (asyncio.to_thread, run_in_executor(None, ...)) is a ThreadPoolExecutor
+   of as many threads (the reference shared one pool for both).  A sync
+   function that returns an awaitable has it awaited on the loop (the
+   reference tried to serialize the coroutine object).  The main thread only
+   reads frames and dispatches; it never runs user code.
 4. Any exception of the method is "raised", TimeoutError included (the
    reference misreported it as a server timeout of "Nones").
 5. The result is converted as the reference does (None; dataclass ->
@@ -140,30 +142,44 @@ started without fds 3 and 4.  Anything else comes from the environment
 itself (os._exit, a fatal signal, the OOM killer).
 """
 
-import asyncio
+# Start-up time matters (it is part of every reset), so only what the ready
+# frame needs is imported here.  asyncio (and concurrent.futures, logging,
+# ssl with it) is imported by the first call that needs the event loop;
+# traceback when an exception has to be formatted; inspect only for what the
+# fast paths below leave to it.  The modules of rare result types
+# (dataclasses, datetime, decimal, uuid, ...) are never imported: a value of
+# such a type can only exist once its module is loaded, so it is looked up in
+# sys.modules.
 import collections
-import concurrent.futures
-import dataclasses
-import datetime
-import decimal
+import collections.abc
 import enum
 import functools
-import importlib.abc
-import importlib.util
-import inspect
-import ipaddress
 import json
 import os
-import pathlib
 import re
 import select
-import signal
-import struct
 import sys
 import threading
-import traceback
 import types
-import uuid
+from keyword import iskeyword as _iskeyword  # loaded already, by collections
+
+# The modules below are the C or frozen ones behind queue, signal and
+# importlib.util, which take a while to import (signal builds enums; queue
+# and importlib.util import more modules).  The fallbacks are for other
+# interpreters than CPython.
+try:
+    from _queue import SimpleQueue
+except ImportError:
+    from queue import SimpleQueue
+try:
+    import _signal
+except ImportError:
+    import signal as _signal
+try:
+    from _frozen_importlib import module_from_spec, spec_from_loader
+    from _frozen_importlib_external import spec_from_file_location
+except ImportError:
+    from importlib.util import module_from_spec, spec_from_file_location, spec_from_loader
 
 REQUEST_FD = 3
 RESPONSE_FD = 4
@@ -176,7 +192,6 @@ USAGE = {
     "restful_style": 'POST /{method_name} {"param1": "val1", ...}',
 }
 
-_HEADER = struct.Struct(">I")
 # The largest frame the agent accepts (its MAX_FRAME); a bigger result is
 # reported as not_serializable instead of being sent.
 MAX_FRAME = 1 << 30
@@ -231,12 +246,12 @@ class Channel:
         whatever the pipe holds, so a burst of small frames costs one read.
         A truncated frame counts as EOF.  Must run on the main thread.
         """
-        unpack_from = _HEADER.unpack_from
+        from_bytes = int.from_bytes
         buf = bytearray()
         start = 0  # where the next frame begins in buf
         while True:
             if len(buf) - start >= 4:
-                (size,) = unpack_from(buf, start)
+                size = from_bytes(buf[start : start + 4], "big")
                 end = start + 4 + size
                 if len(buf) >= end:
                     body = buf[start + 4 : end]
@@ -267,7 +282,7 @@ class Channel:
             wake_r, wake_w = os.pipe()
             os.set_blocking(wake_r, False)
             os.set_blocking(wake_w, False)
-            signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+            _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
             self._wake_fd = wake_r
             self._poller = select.poll()
             self._poller.register(self._in_fd, select.POLLIN)
@@ -295,7 +310,7 @@ class Channel:
         """
         if self._detached:
             return
-        header = _HEADER.pack(len(payload))
+        header = len(payload).to_bytes(4, "big")
         with self._write_lock:
             if len(payload) <= _COALESCE_LIMIT:
                 self._write_all(header + payload)
@@ -351,12 +366,23 @@ class NotSerializable(Exception):
 _PLAIN_TYPES = frozenset((dict, list, tuple, str, int, float, bool))
 
 
+def _is_dataclass_instance(obj):
+    """dataclasses.is_dataclass(obj) and not isinstance(obj, type)."""
+    return not isinstance(obj, type) and hasattr(type(obj), "__dataclass_fields__")
+
+
+def _asdict(obj):
+    import dataclasses  # loaded already: obj is a dataclass instance
+
+    return dataclasses.asdict(obj)
+
+
 def _to_plain(result):
     """Step 1 of the reference's serialization (its _serialize_result)."""
     if result is None or type(result) in _PLAIN_TYPES:
         return result
-    if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        return dataclasses.asdict(result)
+    if _is_dataclass_instance(result):
+        return _asdict(result)
     for method in ("to_dict", "model_dump", "dict"):
         convert = getattr(result, method, None)
         if callable(convert):
@@ -378,29 +404,60 @@ def _encode_decimal(value):
     return float(value)
 
 
+def _isoformat(value):
+    return value.isoformat()
+
+
 # jsonable_encoder's ENCODERS_BY_TYPE, for the types the standard library
 # has.  Looked up along the value's MRO.
 _ENCODERS_BY_TYPE = {
     bytes: _decode_bytes,
     bytearray: _decode_bytes,
-    datetime.date: lambda v: v.isoformat(),
-    datetime.datetime: lambda v: v.isoformat(),
-    datetime.time: lambda v: v.isoformat(),
-    datetime.timedelta: lambda v: v.total_seconds(),
-    decimal.Decimal: _encode_decimal,
     set: list,
     frozenset: list,
     collections.deque: list,
     types.GeneratorType: list,
-    uuid.UUID: str,
-    type(re.compile("")): lambda v: v.pattern,
-    ipaddress.IPv4Address: str,
-    ipaddress.IPv4Interface: str,
-    ipaddress.IPv4Network: str,
-    ipaddress.IPv6Address: str,
-    ipaddress.IPv6Interface: str,
-    ipaddress.IPv6Network: str,
+    re.Pattern: lambda v: v.pattern,
 }
+
+# The rest of ENCODERS_BY_TYPE: module name -> {type name: encoder}.  An
+# entry moves into _ENCODERS_BY_TYPE once its module is in sys.modules (a
+# value of one of its types cannot exist before), so that the worker does
+# not import these modules itself.
+_LAZY_ENCODERS = {
+    "datetime": {
+        "date": _isoformat,
+        "datetime": _isoformat,
+        "time": _isoformat,
+        "timedelta": lambda v: v.total_seconds(),
+    },
+    "decimal": {"Decimal": _encode_decimal},
+    "uuid": {"UUID": str},
+    "ipaddress": {
+        "IPv4Address": str,
+        "IPv4Interface": str,
+        "IPv4Network": str,
+        "IPv6Address": str,
+        "IPv6Interface": str,
+        "IPv6Network": str,
+    },
+}
+
+
+def _encoders_by_type():
+    """_ENCODERS_BY_TYPE, completed with the modules loaded by now."""
+    if _LAZY_ENCODERS:
+        for name in tuple(_LAZY_ENCODERS):
+            module = sys.modules.get(name)
+            if module is None:
+                continue
+            try:  # a module still being imported may lack a type yet
+                found = {getattr(module, attr): encode for attr, encode in _LAZY_ENCODERS[name].items()}
+            except (AttributeError, KeyError):  # KeyError: another thread moved it
+                continue
+            _ENCODERS_BY_TYPE.update(found)
+            _LAZY_ENCODERS.pop(name, None)
+    return _ENCODERS_BY_TYPE
 
 
 def _jsonable_default(obj):
@@ -415,14 +472,16 @@ def _jsonable_default(obj):
         return obj.model_dump(mode="json")  # pydantic v2 model
     if hasattr(cls, "__fields__") and hasattr(cls, "parse_obj"):
         return obj.dict()  # pydantic v1 model
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
+    if _is_dataclass_instance(obj):
+        return _asdict(obj)
     if isinstance(obj, enum.Enum):
         return obj.value
-    if isinstance(obj, pathlib.PurePath):
+    pathlib = sys.modules.get("pathlib")
+    if pathlib is not None and isinstance(obj, pathlib.PurePath):
         return str(obj)
+    encoders = _encoders_by_type()
     for base in cls.__mro__:
-        encode = _ENCODERS_BY_TYPE.get(base)
+        encode = encoders.get(base)
         if encode is not None:
             return encode(obj)
     try:
@@ -494,6 +553,8 @@ def format_exception(exc):
     while tb is not None and _is_plumbing(tb.tb_frame):
         tb = tb.tb_next
     try:
+        import traceback
+
         return "".join(traceback.format_exception(type(exc), exc, tb))
     except Exception:
         return "%s: %s\n" % (type(exc).__name__, _safe_str(exc))
@@ -511,18 +572,166 @@ def _error_info(exc):
 
 def load_env(path):
     """Import the environment file as module "user_env", like the reference."""
-    spec = importlib.util.spec_from_file_location("user_env", path)
+    spec = spec_from_file_location("user_env", path)
     if spec is None or spec.loader is None:
         raise ImportError("cannot load %r as a Python module" % path)
-    module = importlib.util.module_from_spec(spec)
+    module = module_from_spec(spec)
     sys.modules["user_env"] = module
     spec.loader.exec_module(module)
     return module
 
 
-def _first_doc_line(obj):
+# /methods is described without importing inspect when the environment has
+# not (a few ms of start-up): plain functions, the usual case, are handled
+# here, and anything else by inspect.  The results are those of inspect on
+# Python 3.8 to 3.13; the fast paths only take the cases where inspect's
+# code is the same in all these versions, and leave the rest to inspect.
+
+# inspect's code for functions is the same in 3.8 to 3.13; later versions
+# are left to inspect itself.
+_FAST_INTROSPECTION = sys.version_info < (3, 14)
+_FunctionType = types.FunctionType
+_MethodType = types.MethodType
+_GenericAlias = getattr(types, "GenericAlias", ())  # 3.9+
+_CO_VARARGS = 0x04
+_CO_VARKEYWORDS = 0x08
+_CO_COROUTINE = 0x80
+_CO_ITERABLE_COROUTINE = 0x100
+
+
+def _plain_function(obj):
+    """Whether obj is a function without attributes (__wrapped__,
+    __signature__, __text_signature__, __partialmethod__, ... would each
+    change what inspect does)."""
+    return type(obj) is _FunctionType and not obj.__dict__
+
+
+def _format_annotation(annotation):
+    """inspect.formatannotation(annotation).
+
+    typing constructs and generic aliases (list[int]) are formatted
+    differently from version to version: _Unsupported is raised for them.
+    """
+    if getattr(annotation, "__module__", None) == "typing":
+        raise _Unsupported
+    if isinstance(annotation, _GenericAlias):
+        raise _Unsupported
+    if isinstance(annotation, type):
+        if annotation.__module__ in ("builtins", None):
+            return annotation.__qualname__
+        return annotation.__module__ + "." + annotation.__qualname__
+    return repr(annotation)
+
+
+class _Unsupported(Exception):
+    """A fast path does not handle this object: ask inspect."""
+
+
+def _function_signature(func):
+    """str(inspect.signature(func)) for a _plain_function."""
+    code = func.__code__
+    annotations = func.__annotations__
+    defaults = func.__defaults__
+    kwdefaults = func.__kwdefaults__
+    if type(annotations) is not dict or (kwdefaults is not None and type(kwdefaults) is not dict):
+        raise _Unsupported
+    names = code.co_varnames
+    pos_count = code.co_argcount
+    posonly_count = getattr(code, "co_posonlyargcount", 0)
+    kwonly_count = code.co_kwonlyargcount
+    flags = code.co_flags
+    first_default = pos_count - (len(defaults) if defaults else 0)
+    if first_default < 0:
+        raise _Unsupported  # more __defaults__ than parameters: inspect has its ways
+    parts = []
+
+    def add(name, default, prefix=""):
+        if type(name) is not str or not name.isidentifier() or _iskeyword(name):
+            raise _Unsupported  # inspect renames or rejects these
+        text = name
+        annotation = annotations.get(name, _MISSING)
+        if annotation is not _MISSING:
+            text += ": " + _format_annotation(annotation)
+        if default is not _MISSING:
+            text += (" = " if annotation is not _MISSING else "=") + repr(default)
+        parts.append(prefix + text)
+
+    for index in range(pos_count):
+        add(names[index], defaults[index - first_default] if index >= first_default else _MISSING)
+        if index + 1 == posonly_count:
+            parts.append("/")
+    index = pos_count + kwonly_count
+    if flags & _CO_VARARGS:
+        add(names[index], _MISSING, "*")
+        index += 1
+    elif kwonly_count:
+        parts.append("*")
+    for name in names[pos_count : pos_count + kwonly_count]:
+        add(name, kwdefaults.get(name, _MISSING) if kwdefaults is not None else _MISSING)
+    if flags & _CO_VARKEYWORDS:
+        add(names[index], _MISSING, "**")
+    text = "(" + ", ".join(parts) + ")"
+    if "return" in annotations:
+        text += " -> " + _format_annotation(annotations["return"])
+    return text
+
+
+def _signature(obj):
+    """str(inspect.signature(obj)); raises what inspect raises."""
+    if _FAST_INTROSPECTION and _plain_function(obj):
+        try:
+            return _function_signature(obj)
+        except Exception:
+            pass  # _Unsupported, or an error inspect will report its own way
+    import inspect
+
+    return str(inspect.signature(obj))
+
+
+def _function_doc(func):
+    """inspect.getdoc(func) for a _plain_function, without the clean-up.
+
+    A function without a docstring inherits the one of the attribute of the
+    same name in the bases of the class it is defined in (inspect._finddoc).
+    """
+    doc = func.__doc__
+    if doc is not None:
+        return doc
     try:
-        doc = inspect.getdoc(obj)
+        name = func.__name__
+        owner = sys.modules.get(func.__module__)
+        if owner is None:
+            return None
+        for part in func.__qualname__.split(".")[:-1]:
+            owner = getattr(owner, part)
+        if not isinstance(owner, type) or getattr(owner, name) is not func:
+            return None
+        for base in owner.__mro__:
+            try:
+                doc = getattr(base, name).__doc__
+            except AttributeError:
+                continue
+            if doc is not None:
+                return doc
+    except (AttributeError, TypeError):
+        pass
+    return None
+
+
+def _first_doc_line(obj):
+    """The first line of inspect.getdoc(obj), or None."""
+    try:
+        if _FAST_INTROSPECTION and _plain_function(obj):
+            doc = _function_doc(obj)
+            if type(doc) is not str:
+                return None
+            # inspect.cleandoc() only removes whitespace at the start of
+            # lines: the first non-blank line is the same without it.
+            doc = doc.expandtabs()
+        else:
+            import inspect
+
+            doc = inspect.getdoc(obj)
     except Exception:
         return None
     if not doc or not isinstance(doc, str) or not doc.strip():
@@ -532,7 +741,7 @@ def _first_doc_line(obj):
 
 def _method_entry(name, attr, source):
     try:
-        signature = str(inspect.signature(attr))
+        signature = _signature(attr)
     except Exception:
         signature = "(...)"
     return {
@@ -565,7 +774,7 @@ def describe_methods(module):
             attr = getattr(module, name)
         except Exception:
             continue
-        if callable(attr) and not inspect.isclass(attr):
+        if callable(attr) and not isinstance(attr, type):  # inspect.isclass
             entries.append(_method_entry(name, attr, "module"))
     return {"methods": entries, "usage": dict(USAGE)}
 
@@ -573,6 +782,32 @@ def describe_methods(module):
 # ---------------------------------------------------------------------------
 # Running calls
 # ---------------------------------------------------------------------------
+
+
+def _iscoroutinefunction(obj):
+    """inspect.iscoroutinefunction(obj).
+
+    A plain function, or a method of one, is a coroutine function if its
+    code says so in every version (3.12's markcoroutinefunction() sets an
+    attribute, which makes the function not plain); inspect answers for
+    anything else.
+    """
+    func = obj.__func__ if type(obj) is _MethodType else obj
+    if _FAST_INTROSPECTION and _plain_function(func):
+        return bool(func.__code__.co_flags & _CO_COROUTINE)
+    import inspect
+
+    return inspect.iscoroutinefunction(obj)
+
+
+def _isawaitable(value):
+    """inspect.isawaitable(value) (the same code in every version)."""
+    return (
+        isinstance(value, types.CoroutineType)
+        or isinstance(value, types.GeneratorType)
+        and bool(value.gi_code.co_flags & _CO_ITERABLE_COROUTINE)
+        or isinstance(value, collections.abc.Awaitable)
+    )
 
 
 def _static_coroutine_hint(raw):
@@ -584,7 +819,7 @@ def _static_coroutine_hint(raw):
     if isinstance(raw, (staticmethod, classmethod)):
         raw = raw.__func__
     if isinstance(raw, (types.FunctionType, functools.partial)):
-        return inspect.iscoroutinefunction(raw)
+        return _iscoroutinefunction(raw)
     return False
 
 
@@ -596,6 +831,53 @@ def _thread_count():
         return 64
 
 
+class ThreadPool:
+    """A minimal thread pool: ThreadPoolExecutor without futures.
+
+    concurrent.futures is not imported for it (with logging, it is a good
+    part of the start-up time), and a call costs less.  As in
+    ThreadPoolExecutor, a thread is started by submit() when no thread is
+    idle, up to max_threads, and threads are never stopped.  The functions
+    submitted report their own errors.
+    """
+
+    def __init__(self, max_threads, name_prefix):
+        self._max_threads = max_threads
+        self._name_prefix = name_prefix
+        self._queue = SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        # Threads done with their last item and not yet given a new one.
+        self._idle = 0
+
+    def submit(self, fn, *args):
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                spawn = False
+            else:
+                spawn = self._threads < self._max_threads
+                if spawn:
+                    self._threads += 1
+                    name = "%s_%d" % (self._name_prefix, self._threads - 1)
+        self._queue.put((fn, args))
+        if spawn:
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def _work(self):
+        get = self._queue.get
+        lock = self._lock
+        while True:
+            fn, args = get()
+            try:
+                fn(*args)
+            except BaseException as exc:  # a bug: keep the thread
+                _log("pool thread: %s: %s" % (type(exc).__name__, _safe_str(exc)))
+            del fn, args  # drop references to the call before waiting
+            with lock:
+                self._idle += 1
+
+
 class Worker:
     """Dispatches calls to the thread pool and the event loop.
 
@@ -603,6 +885,9 @@ class Worker:
     code), the pool threads run sync methods and Actor(), the loop thread
     runs coroutines.  Each call's result is serialized and sent by the
     thread that finished it.
+
+    asyncio is imported, and the event loop and its thread started, by the
+    first call that needs them (get_loop()).
     """
 
     def __init__(self, module, channel):
@@ -612,19 +897,43 @@ class Worker:
         self._module_dict = vars(module)
         self.actor = None
         self._actor_lock = threading.Lock()
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=_thread_count(),
-            thread_name_prefix="envbox-call",
-        )
-        self.loop = asyncio.new_event_loop()
-        self.loop.set_default_executor(self.executor)
+        self._threads = _thread_count()
+        self.pool = ThreadPool(self._threads, "envbox-call")
+        self.loop = None  # see get_loop()
+        self.asyncio = None  # the module, once get_loop() has imported it
+        self._loop_lock = threading.Lock()
         # Running async calls by id; touched only on the loop thread.
         self._tasks = {}
-        threading.Thread(target=self._run_loop, name="envbox-asyncio", daemon=True).start()
 
-    def _run_loop(self):
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+    def get_loop(self):
+        """The event loop, started on first use.  Called from any thread."""
+        loop = self.loop
+        if loop is not None:
+            return loop
+        with self._loop_lock:
+            if self.loop is None:
+                import asyncio
+                import concurrent.futures
+
+                loop = asyncio.new_event_loop()
+                # asyncio.to_thread() and run_in_executor(None) need a real
+                # ThreadPoolExecutor; it is a pool of its own.
+                loop.set_default_executor(
+                    concurrent.futures.ThreadPoolExecutor(
+                        max_workers=self._threads, thread_name_prefix="envbox-executor"
+                    )
+                )
+                self.asyncio = asyncio
+                threading.Thread(
+                    target=self._run_loop, args=(asyncio, loop), name="envbox-asyncio", daemon=True
+                ).start()
+                self.loop = loop
+            return self.loop
+
+    @staticmethod
+    def _run_loop(asyncio, loop):
+        asyncio.set_event_loop(loop)
+        loop.run_forever()
 
     # -- main thread ---------------------------------------------------------
 
@@ -634,7 +943,7 @@ class Worker:
             try:
                 self._dispatch(body)
             except Exception as exc:  # a worker bug: keep serving
-                _log("dispatch failed: %s" % "".join(traceback.format_exception_only(type(exc), exc)).strip())
+                _log("dispatch failed: %s: %s" % (type(exc).__name__, _safe_str(exc)))
 
     def _dispatch(self, body):
         try:
@@ -646,7 +955,9 @@ class Worker:
         if kind == "call":
             self._dispatch_call(msg)
         elif kind == "cancel":
-            self.loop.call_soon_threadsafe(self._cancel_on_loop, msg.get("id"))
+            loop = self.loop
+            if loop is not None:  # else there is no task to cancel
+                loop.call_soon_threadsafe(self._cancel_on_loop, msg.get("id"))
         else:
             _log("ignoring frame of unknown type %r" % (kind,))
 
@@ -662,9 +973,15 @@ class Worker:
             self._reply_internal(call_id, "malformed call frame")
             return
         if self._looks_async(name):
-            self.loop.call_soon_threadsafe(self._start_async, call_id, name, args, kwargs, None)
+            try:
+                loop = self.get_loop()
+            except BaseException as exc:  # asyncio failed to import, say
+                reason = "cannot start the event loop: %s: %s" % (type(exc).__name__, _safe_str(exc))
+                self._reply_internal(call_id, reason)
+                return
+            loop.call_soon_threadsafe(self._start_async, call_id, name, args, kwargs, None)
         else:
-            self.executor.submit(self._run_sync, call_id, name, args, kwargs, None)
+            self.pool.submit(self._run_sync, call_id, name, args, kwargs, None)
 
     def _looks_async(self, name):
         """Route a call without running user code on the main thread.
@@ -739,16 +1056,16 @@ class Worker:
             func = self._resolve(call_id, name)
             if func is _MISSING:
                 return
-            if inspect.iscoroutinefunction(func):
-                self.loop.call_soon_threadsafe(self._start_async, call_id, name, args, kwargs, func)
+            if _iscoroutinefunction(func):
+                self.get_loop().call_soon_threadsafe(self._start_async, call_id, name, args, kwargs, func)
                 return
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
             self._reply_raised(call_id, exc)
             return
-        if result is not None and inspect.isawaitable(result):
-            self.loop.call_soon_threadsafe(self._track, call_id, name, result)
+        if result is not None and _isawaitable(result):
+            self.get_loop().call_soon_threadsafe(self._track, call_id, name, result)
             return
         self._reply_value(call_id, name, result)
 
@@ -766,8 +1083,8 @@ class Worker:
             func = self._resolve(call_id, name)
             if func is _MISSING:
                 return
-            if not inspect.iscoroutinefunction(func):
-                self.executor.submit(self._run_sync, call_id, name, args, kwargs, func)
+            if not _iscoroutinefunction(func):
+                self.pool.submit(self._run_sync, call_id, name, args, kwargs, func)
                 return
         try:
             awaitable = func(*args, **kwargs)
@@ -778,7 +1095,7 @@ class Worker:
 
     def _track(self, call_id, name, awaitable):
         try:
-            task = asyncio.ensure_future(awaitable, loop=self.loop)
+            task = self.asyncio.ensure_future(awaitable, loop=self.loop)
         except BaseException as exc:
             self._reply_raised(call_id, exc)
             return
@@ -796,7 +1113,7 @@ class Worker:
                 # cancelling what it awaits, say): the call still needs an answer.
                 try:
                     task.result()
-                except asyncio.CancelledError as cancelled:
+                except self.asyncio.CancelledError as cancelled:
                     exc = cancelled
             else:
                 exc = task.exception()
@@ -1222,7 +1539,7 @@ _SHIM_MODULES = {
 }
 
 
-class ShimImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class ShimImporter:
     """Serves the embedded compatibility modules, from memory.
 
     Installed last on sys.meta_path, so it only answers for names no other
@@ -1238,7 +1555,7 @@ class ShimImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         parent = fullname.rpartition(".")[0]
         if parent and not getattr(sys.modules.get(parent), "__envbox_shim__", False):
             return None
-        spec = importlib.util.spec_from_loader(
+        spec = spec_from_loader(
             fullname, self, origin=self._filename(fullname), is_package=entry[1]
         )
         spec.has_location = True  # sets __file__, so inspect.getsource() works too
@@ -1261,6 +1578,9 @@ class ShimImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def get_source(self, fullname):
         return _SHIM_MODULES[fullname][0]
 
+    def invalidate_caches(self):
+        pass  # what importlib.abc.MetaPathFinder provides (not imported: it is slow)
+
 
 # ---------------------------------------------------------------------------
 # Start-up
@@ -1276,9 +1596,9 @@ def _reset_signals_in_child():
     # A forked child should die from SIGTERM like any process, not exit 0,
     # and its signals must not wake the parent's reader up.
     try:
-        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
+        if _signal.getsignal(_signal.SIGTERM) is _on_sigterm:
+            _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+        _signal.set_wakeup_fd(-1)
     except Exception:
         pass
 
@@ -1296,7 +1616,7 @@ def main(argv):
     os.register_at_fork(after_in_child=channel.detach_in_child)
     os.register_at_fork(after_in_child=_reset_signals_in_child)
     # Installed before env.py runs, so a handler the environment installs wins.
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    _signal.signal(_signal.SIGTERM, _on_sigterm)
 
     # Look like `python3 /app/env.py`: the environment directory first on
     # sys.path (replacing the "" that -c puts there), no stray arguments.
@@ -1336,6 +1656,8 @@ if __name__ == "__main__":
     try:
         main(sys.argv)
     except BaseException:
+        import traceback
+
         traceback.print_exc()
         _flush_stdio()
         os._exit(1)
