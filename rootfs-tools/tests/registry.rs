@@ -8,10 +8,9 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use envbox_rootfs::registry::{PullOptions, RegistryError};
 use envbox_rootfs::{ImageError, Platform, Reference, Store};
@@ -29,160 +28,10 @@ macro_rules! require_tools {
 }
 
 fn missing_prereq() -> Option<String> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("root".into());
-    }
-    for tool in ["/usr/bin/docker-registry", "/usr/bin/umoci", "/usr/bin/skopeo"] {
-        if !Path::new(tool).exists() {
-            return Some(format!("{tool} (apt-get install docker-registry umoci skopeo)"));
-        }
-    }
-    if envbox_rootfs::fixtures::ensure(envbox_rootfs::fixtures::Fixture::Busybox).is_err() {
-        return Some("the busybox test rootfs (rootfs-tools/scripts/build-test-rootfs.sh busybox)".into());
-    }
-    None
+    envbox_rootfs::fixtures::registry::missing_prereq()
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
-
-/// The OCI layout `img:v1`, built once per test binary: layer 1 = the busybox rootfs,
-/// layer 2 = `etc/group` deleted (a whiteout) and `work/hello` added; config with env,
-/// workdir, entrypoint, cmd, user and a label.
-fn layout() -> &'static Path {
-    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
-    LAYOUT.get_or_init(|| {
-        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        // layouts of earlier runs whose process is gone
-        for e in fs::read_dir(tmp).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = name.strip_prefix("registry-test-") {
-                if !Path::new("/proc").join(pid).exists() {
-                    let _ = fs::remove_dir_all(e.path());
-                }
-            }
-        }
-        let dir = tmp.join(format!("registry-test-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let img = dir.join("img");
-        let bundle = dir.join("bundle");
-        let busybox = envbox_rootfs::fixtures::cached(envbox_rootfs::fixtures::Fixture::Busybox).unwrap();
-        run(Command::new("umoci").arg("init").arg("--layout").arg(&img));
-        run(Command::new("umoci").args(["new", "--image"]).arg(format!("{}:v1", img.display())));
-        run(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:v1", img.display())).arg(&bundle));
-        run(Command::new("cp").arg("-a").arg(format!("{}/.", busybox.display())).arg(bundle.join("rootfs")));
-        run(Command::new("umoci").args(["repack", "--refresh-bundle", "--image"]).arg(format!("{}:v1", img.display())).arg(&bundle));
-        fs::remove_file(bundle.join("rootfs/etc/group")).unwrap();
-        fs::create_dir_all(bundle.join("rootfs/work")).unwrap();
-        fs::write(bundle.join("rootfs/work/hello"), b"hello from layer 2\n").unwrap();
-        run(Command::new("umoci").args(["repack", "--refresh-bundle", "--image"]).arg(format!("{}:v1", img.display())).arg(&bundle));
-        run(Command::new("umoci")
-            .args(["config", "--image"])
-            .arg(format!("{}:v1", img.display()))
-            .args(["--config.env", "GREETING=hello", "--config.workingdir", "/work", "--config.entrypoint", "/bin/sh"])
-            .args([
-                "--config.cmd",
-                "-c",
-                "--config.cmd",
-                "echo $GREETING",
-                "--config.user",
-                "1000:1000",
-                "--config.label",
-                "org.example=1",
-            ]));
-        let _ = fs::remove_dir_all(&bundle);
-        img
-    })
-}
-
-/// A docker-registry on 127.0.0.1:<free port>, killed (by its own pid) on drop.
-struct TestRegistry {
-    child: Child,
-    port: u16,
-    storage: tempfile::TempDir,
-    _conf: tempfile::TempDir,
-}
-
-impl TestRegistry {
-    fn start() -> TestRegistry {
-        TestRegistry::start_on("127.0.0.1")
-    }
-
-    /// `bind`: the address to listen on (`0.0.0.0` to be reachable on a non-loopback address).
-    fn start_on(bind: &str) -> TestRegistry {
-        let storage = tempfile::tempdir().unwrap();
-        let conf = tempfile::tempdir().unwrap();
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let yml = conf.path().join("config.yml");
-            fs::write(
-                &yml,
-                format!(
-                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {bind}:{port}\n",
-                    storage.path().display()
-                ),
-            )
-            .unwrap();
-            let mut child = Command::new("/usr/bin/docker-registry")
-                .arg("serve")
-                .arg(&yml)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start docker-registry");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken in the meantime: try another
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return TestRegistry { child, port, storage, _conf: conf };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("docker-registry did not start");
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn push(&self, name_tag: &str) {
-        self.push_with(name_tag, &[]);
-    }
-
-    fn push_with(&self, name_tag: &str, extra: &[&str]) {
-        run(Command::new("skopeo")
-            .args(["copy", "--quiet", "--insecure-policy", "--dest-tls-verify=false"])
-            .args(extra)
-            .arg(format!("oci:{}:v1", layout().display()))
-            .arg(format!("docker://{}/{name_tag}", self.host())));
-    }
-
-    /// The stored bytes of a blob (the filesystem driver's layout).
-    fn blob_path(&self, hex: &str) -> PathBuf {
-        self.storage.path().join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
-    }
-
-    fn manifest_digest(&self, name: &str, tag: &str) -> String {
-        let link =
-            self.storage.path().join("docker/registry/v2/repositories").join(name).join("_manifests/tags").join(tag).join("current/link");
-        fs::read_to_string(link).unwrap().trim().to_owned()
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use envbox_rootfs::fixtures::registry::{layout, run, TestRegistry};
 
 fn opts() -> PullOptions {
     PullOptions { progress: false, retries: 1, ..PullOptions::default() }
