@@ -39,6 +39,8 @@ pub enum ConfigError {
     UnusableImagePath { path: PathBuf },
     #[error("volume source {path} does not exist on the host")]
     MissingVolumeSource { path: PathBuf },
+    #[error("invalid image {input:?}: {reason}")]
+    InvalidImage { input: String, reason: String },
     #[error("invalid environment type {input:?}: expected function or http")]
     InvalidEnvKind { input: String },
     #[error("invalid publish address {input:?}: expected IP:PORT on a loopback or local address, e.g. 127.0.0.1:8000")]
@@ -56,6 +58,12 @@ pub enum Image {
     Host,
     /// A root filesystem directory, used read-only as the overlay's lower layer.
     Dir(PathBuf),
+    /// An image: a registry reference (`python:3.12-slim`,
+    /// `registry.example:5000/team/env:v2`, pulled into the image store
+    /// under the state root when missing) or a local source
+    /// (`oci:PATH[:TAG]`, `docker-archive:PATH`). Its layers are the
+    /// overlay's lower layers, shared by every sandbox on it.
+    Ref(String),
 }
 
 impl Image {
@@ -64,11 +72,36 @@ impl Image {
         match self {
             Image::Host => "host".to_string(),
             Image::Dir(p) => p.display().to_string(),
+            Image::Ref(r) => r.clone(),
+        }
+    }
+
+    /// Parses `--image`: a path (absolute, `./`, `../`, or an existing
+    /// directory) or `dir:PATH` is a root filesystem directory; anything
+    /// else is an image reference or a local image source.
+    pub fn parse(spec: &str) -> Image {
+        let path = spec.strip_prefix("dir:").unwrap_or(spec);
+        let looks_like_path = spec.starts_with("dir:") || spec.starts_with('/') || spec.starts_with("./") || spec.starts_with("../");
+        if looks_like_path || (!spec.contains(':') && Path::new(spec).is_dir()) {
+            Image::Dir(absolute(Path::new(path)))
+        } else if let Some(rest) = spec.strip_prefix("oci:").or_else(|| spec.strip_prefix("docker-archive:")) {
+            // Local sources name host paths: make them absolute now.
+            let prefix = &spec[..spec.len() - rest.len()];
+            if rest.starts_with('/') {
+                Image::Ref(spec.to_string())
+            } else {
+                Image::Ref(format!("{prefix}{}", absolute(Path::new(rest)).display()))
+            }
+        } else {
+            Image::Ref(spec.to_string())
         }
     }
 
     /// Checks that a directory image exists and looks like a root filesystem.
     pub fn validate(&self) -> Result<()> {
+        if let Image::Ref(spec) = self {
+            return crate::images::check_spec(spec).map_err(|reason| ConfigError::InvalidImage { input: spec.clone(), reason });
+        }
         let Image::Dir(path) = self else { return Ok(()) };
         if !path.is_dir() {
             return Err(ConfigError::MissingImage { path: path.clone() });

@@ -46,6 +46,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("image {spec}: {message}")]
+    Image { spec: String, message: String },
     #[error("setting up sandbox {name:?} failed: {message}")]
     Setup { name: String, message: String },
     #[error("the sandbox agent of {name:?} broke the protocol: {message}")]

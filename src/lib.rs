@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod fs;
 pub mod http;
+pub mod images;
 pub mod namespace;
 pub mod sandbox;
 pub mod security;

@@ -12,10 +12,7 @@ fn envbox(root: &TestRoot, args: &[&str]) -> Output {
 }
 
 fn image_arg() -> String {
-    match common::debian() {
-        envbox::Image::Dir(d) => d.display().to_string(),
-        envbox::Image::Host => unreachable!(),
-    }
+    common::debian_dir()
 }
 
 #[test]

@@ -14,14 +14,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::TestRoot;
-use envbox::{Image, Sandbox, SandboxConfig};
-
-fn debian_dir() -> String {
-    match common::debian() {
-        Image::Dir(d) => d.display().to_string(),
-        Image::Host => unreachable!(),
-    }
-}
+use envbox::{Sandbox, SandboxConfig};
 
 fn become_subreaper() {
     nix::sys::prctl::set_child_subreaper(true).unwrap();
@@ -78,7 +71,7 @@ fn kill_9_of_the_cli_in_the_middle_of_create() {
     require_root!("kill_9_of_the_cli_in_the_middle_of_create");
     become_subreaper();
     let root = TestRoot::new("crash-cli");
-    let img = debian_dir();
+    let img = common::debian_dir();
     let mut healthy = root.config(common::debian());
     healthy.detached = true;
     let keep = Sandbox::create(&healthy, "healthy").unwrap();

@@ -164,10 +164,7 @@ fn sandboxes_die_with_their_creator_unless_detached() {
         let mut child = Command::new(common::agent())
             .env("ENVBOX_ROOT", &root.path)
             .args(["create", name, "--image"])
-            .arg(match common::debian() {
-                Image::Dir(d) => d,
-                Image::Host => unreachable!(),
-            })
+            .arg(common::debian_dir())
             .spawn()
             .unwrap();
         assert!(child.wait().unwrap().success());

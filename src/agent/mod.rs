@@ -59,6 +59,10 @@ pub const FD_ENV_TCP: RawFd = 9;
 /// The environment's log file (opened by the host, append-only).
 pub const FD_ENV_LOG: RawFd = 10;
 
+/// A lease on the sandbox's store image (a shared flock), held for the
+/// agent's whole life so the image's layers are never collected under it.
+pub const FD_LEASE: RawFd = 11;
+
 /// Cap on the environment's log file.
 const ENV_LOG_CAP: u64 = 32 << 20;
 
@@ -176,6 +180,8 @@ pub fn main() -> i32 {
     let lock = sys::take_inherited_fd(FD_LOCK);
     let parent = sys::take_inherited_fd(FD_PARENT);
     let env_fds = (sys::take_inherited_fd(FD_ENV_LISTEN), sys::take_inherited_fd(FD_ENV_TCP), sys::take_inherited_fd(FD_ENV_LOG));
+    // Never used, only held: see FD_LEASE.
+    let lease = sys::take_inherited_fd(FD_LEASE);
     if let Some(netns) = sys::take_inherited_fd(FD_NETNS) {
         if let Err(e) = nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET) {
             let mut control = StdUnixStream::from(control);
@@ -230,7 +236,9 @@ pub fn main() -> i32 {
     // (a first command waits for it). Should it fail to start, the next
     // command tries again and reports why.
     let _ = manager.ensure_shell();
-    run_event_loop(&rt, manager, listen, lock, parent, env)
+    let code = run_event_loop(&rt, manager, listen, lock, parent, env);
+    drop(lease);
+    code
 }
 
 /// The environment's dispatcher and the sockets it serves on.

@@ -8,9 +8,10 @@ use envbox::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Root filesystem directory; default: the host's system directories.
+    /// Image: a registry reference, oci:PATH[:TAG], docker-archive:PATH or a rootfs directory;
+    /// default: the host's system directories.
     #[arg(long)]
-    image: Option<PathBuf>,
+    image: Option<String>,
     /// Concurrent workers in the lifecycle phase (32 is the reference load).
     #[arg(long, default_value_t = 32)]
     workers: usize,
@@ -49,7 +50,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         return run_env(root, dir, a);
     }
     let opts = BenchOptions {
-        image: a.image.map(|p| Image::Dir(config::absolute(&p))).unwrap_or(Image::Host),
+        image: a.image.as_deref().map(Image::parse).unwrap_or(Image::Host),
         workers: a.workers.max(1),
         iterations: a.iterations.max(1),
         root: root.to_path_buf(),
@@ -87,7 +88,7 @@ fn run_env(root: &Path, dir: PathBuf, a: Args) -> Result<i32> {
     let opts = envbox::bench_env::EnvBenchOptions {
         env_dir: config::absolute(&dir),
         method: a.method,
-        image: a.image.map(|p| Image::Dir(config::absolute(&p))).unwrap_or(Image::Host),
+        image: a.image.as_deref().map(Image::parse).unwrap_or(Image::Host),
         root: root.to_path_buf(),
         iterations: a.iterations.max(1),
         calls: a.calls.max(1),

@@ -1,6 +1,6 @@
 //! `envbox create NAME [options]`
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use envbox::config::{self, Image, Limits, Network, SandboxConfig, Volume};
 use envbox::{Result, Sandbox};
@@ -9,9 +9,10 @@ use envbox::{Result, Sandbox};
 pub struct Args {
     /// Sandbox name: [A-Za-z0-9][A-Za-z0-9_.-]{0,63}.
     name: String,
-    /// Root filesystem directory; default: the host's system directories, read-only.
+    /// Image: a registry reference (python:3.12-slim, pulled when missing), oci:PATH[:TAG],
+    /// docker-archive:PATH, or a root filesystem directory; default: the host's system, read-only.
     #[arg(long)]
-    image: Option<PathBuf>,
+    image: Option<String>,
     /// Working directory inside the sandbox (created if missing).
     #[arg(long, default_value = "/")]
     workdir: String,
@@ -43,7 +44,7 @@ pub struct Args {
 
 pub fn run(root: &Path, a: Args) -> Result<i32> {
     let cfg = SandboxConfig {
-        image: a.image.map(|p| Image::Dir(config::absolute(&p))).unwrap_or(Image::Host),
+        image: a.image.as_deref().map(Image::parse).unwrap_or(Image::Host),
         workdir: a.workdir,
         env: a.env,
         volumes: a.volumes,

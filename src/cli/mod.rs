@@ -8,6 +8,7 @@ mod cp;
 mod create;
 mod exec;
 mod gc;
+mod images;
 mod init;
 mod logs;
 mod ps;
@@ -51,6 +52,12 @@ enum Command {
     Bench(bench::Args),
     /// Remove what crashed sandboxes left behind (also done at every start).
     Gc(gc::Args),
+    /// Pull an image from a registry (or import oci:PATH / docker-archive:PATH) into the store.
+    Pull(images::PullArgs),
+    /// List the images of the store.
+    Images(images::ImagesArgs),
+    /// Untag images and delete the layers nothing uses any more.
+    Rmi(images::RmiArgs),
     /// Make a new environment directory (env.py) from a template.
     Init(init::Args),
     /// Serve an environment (env.py) in detached sandboxes.
@@ -93,6 +100,9 @@ pub fn main() -> i32 {
         Command::Bench(a) => bench::run(&root, a),
         Command::Gc(a) => gc::run(&root, a),
         Command::Init(_) => Ok(0),
+        Command::Pull(a) => images::pull(&root, a),
+        Command::Images(a) => images::list(&root, a),
+        Command::Rmi(a) => images::rmi(&root, a),
         Command::Run(a) => run::run(&root, a),
         Command::Call(a) => call::run(&root, a),
         Command::Methods(a) => call::methods(&root, a),

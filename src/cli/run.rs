@@ -9,8 +9,9 @@ use envbox::{Env, Result, Sandbox};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A root filesystem directory; default: the host's system directories.
-    image: Option<PathBuf>,
+    /// Image: a registry reference (pulled when missing), oci:PATH[:TAG], docker-archive:PATH
+    /// or a root filesystem directory; default: the host's system directories.
+    image: Option<String>,
     /// The environment directory (env.py), served read-only at /app. Without
     /// it, the image's own /app is served.
     #[arg(long)]
@@ -119,6 +120,17 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         name: name.clone(),
         source: e,
     })?;
+    let image = a.image.as_deref().map(Image::parse).unwrap_or(Image::Host);
+    // An HTTP environment without --server-cmd runs its image's own
+    // entrypoint and command when it has one.
+    let mut server_cmd = a.server_cmd.clone();
+    if let (EnvKind::Http, None, Image::Ref(spec)) = (kind, &server_cmd, &image) {
+        let (img, _lease) = envbox::images::resolve(root, spec)?;
+        let cmd = img.config.command();
+        if !cmd.is_empty() {
+            server_cmd = Some(cmd);
+        }
+    }
     let mut sockets = Vec::new();
     for (i, sb_name) in names.iter().enumerate() {
         let publish = match a.publish {
@@ -134,7 +146,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
             None => None,
         };
         let cfg = SandboxConfig {
-            image: a.image.as_ref().map(|p| Image::Dir(config::absolute(p))).unwrap_or(Image::Host),
+            image: image.clone(),
             workdir: "/app".into(),
             env: a.env.clone(),
             volumes: volumes.clone(),
@@ -145,7 +157,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
             serve: Some(ServeConfig {
                 kind,
                 python: a.python.clone(),
-                command: a.server_cmd.clone(),
+                command: server_cmd.clone(),
                 upstream_port: a.port,
                 publish,
                 max_body: a.max_body.unwrap_or(config::DEFAULT_MAX_BODY),

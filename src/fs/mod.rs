@@ -17,6 +17,8 @@ pub type Result<T> = std::result::Result<T, FsError>;
 /// A filesystem setup step that failed, with its arguments.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
+    #[error("image {image} must be resolved through the image store first")]
+    Unresolved { image: String },
     #[error("mount {fstype} on {target} (options {options:?}) failed")]
     Mount {
         fstype: String,

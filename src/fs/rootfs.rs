@@ -58,7 +58,15 @@ pub fn plan(image: &Image, state_root: &Path) -> Result<Vec<OverlaySpec>> {
     match image {
         Image::Dir(dir) => Ok(vec![OverlaySpec { target: "/".into(), lowers: vec![dir.clone()] }]),
         Image::Host => host_plan(state_root),
+        // Store images are resolved by the caller (`images::resolve`),
+        // which holds their lease: see `layers_plan`.
+        Image::Ref(r) => Err(FsError::Unresolved { image: r.clone() }),
     }
+}
+
+/// The overlay of an image's layers (given bottom to top).
+pub fn layers_plan(layers: &[PathBuf]) -> Vec<OverlaySpec> {
+    vec![OverlaySpec { target: "/".into(), lowers: layers.iter().rev().cloned().collect() }]
 }
 
 fn host_plan(state_root: &Path) -> Result<Vec<OverlaySpec>> {

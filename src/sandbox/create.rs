@@ -135,8 +135,25 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         .ok_or_else(|| Error::AlreadyExists { name: name.to_string() })?;
     let mut undo = Undo { root: root.clone(), dir: Some(dir.clone()), cgroup: None, agent: None };
 
-    // Step 2: what the root filesystem is made of.
-    let overlays = rootfs::plan(&config.image, &root).map_err(|e| fail(&mut undo, e.into()))?;
+    // Step 2: what the root filesystem is made of. A store image is pulled
+    // or imported when missing; its lease (held by the agent from now on)
+    // keeps its layers from `envbox rmi`'s garbage collection.
+    let (overlays, image, lease) = match &config.image {
+        crate::config::Image::Ref(spec) => {
+            let (img, lease) = crate::images::resolve(&root, spec).map_err(|e| fail(&mut undo, e))?;
+            (rootfs::layers_plan(&img.layers), Some(img), Some(lease))
+        }
+        other => (rootfs::plan(other, &root).map_err(|e| fail(&mut undo, e.into()))?, None, None),
+    };
+    // The image's config under the caller's: its environment first (the
+    // caller's variables win), its working directory unless one is given.
+    let mut env = image.as_ref().map(|i| i.config.env_pairs()).unwrap_or_default();
+    env.retain(|(k, _)| !config.env.iter().any(|(ck, _)| ck == k));
+    env.extend(config.env.iter().cloned());
+    let workdir = match image.as_ref().and_then(|i| i.config.working_dir.clone()) {
+        Some(dir) if config.workdir == "/" && dir.starts_with('/') => dir,
+        _ => config.workdir.clone(),
+    };
 
     // Step 3: state.json before any kernel object exists, so a crash from
     // here on leaves something the garbage collector can name.
@@ -179,7 +196,7 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         .open(dir.join(LOG_FILE))
         .map_err(|e| fail(&mut undo, io("opening the agent log")(e)))?;
     let devnull = File::open("/dev/null").map_err(|e| fail(&mut undo, io("opening /dev/null")(e)))?;
-    let env = match &config.serve {
+    let env_fds = match &config.serve {
         Some(serve) => Some(EnvFds::open(&dir, serve).map_err(|e| fail(&mut undo, io("binding the environment's endpoints")(e)))?),
         None => None,
     };
@@ -207,12 +224,13 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         lock: &lock,
         parent: parent_pidfd.as_ref(),
         netns: netns.as_ref(),
-        env: env.as_ref(),
+        env: env_fds.as_ref(),
+        lease: lease.as_ref().map(std::os::fd::AsFd::as_fd),
     };
     let spawn = spawn_agent(&agent_path, namespaces, &inherited).map_err(|e| fail(&mut undo, io("starting the sandbox agent")(e)))?;
     let pid = spawn.0;
     undo.agent = Some(spawn);
-    drop((agent_control, listener, devnull, log, parent_pidfd, netns, env));
+    drop((agent_control, listener, devnull, log, parent_pidfd, netns, env_fds, lease));
 
     // Step 7: into the cgroups before it does anything.
     if let Some(cg) = &undo.cgroup {
@@ -225,8 +243,8 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         state_dir: dir.clone(),
         overlays,
         volumes: config.volumes.clone(),
-        env: config.env.clone(),
-        workdir: config.workdir.clone(),
+        env,
+        workdir,
         network: config.network,
         oom_events,
         generation: "0".into(),
@@ -289,6 +307,7 @@ struct AgentFds<'a> {
     parent: Option<&'a OwnedFd>,
     netns: Option<&'a OwnedFd>,
     env: Option<&'a EnvFds>,
+    lease: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// The environment's endpoints, made by the host: its unix socket (in the
@@ -333,6 +352,9 @@ fn spawn_agent(agent: &Path, namespaces: libc::c_int, fds: &AgentFds<'_>) -> std
     }
     if let Some(n) = fds.netns {
         keep.push((high(n.as_fd())?, agent::FD_NETNS));
+    }
+    if let Some(lease) = fds.lease {
+        keep.push((high(lease)?, agent::FD_LEASE));
     }
     if let Some(env) = fds.env {
         keep.push((high(env.unix.as_fd())?, agent::FD_ENV_LISTEN));

@@ -169,3 +169,8 @@ pub fn test_venv() -> PathBuf {
     }
     dir
 }
+
+/// The Debian test rootfs's directory, as the CLI's `--image` takes it.
+pub fn debian_dir() -> String {
+    fixtures::ensure(Fixture::Debian).expect("debian test rootfs").display().to_string()
+}

@@ -1,0 +1,93 @@
+//! The runtime's use of the image store (crate `envbox-rootfs`): images
+//! named by registry reference or local source, pulled or imported into
+//! `<state root>/.images` once and shared by every sandbox on them.
+
+use std::path::{Path, PathBuf};
+
+use envbox_rootfs::{Image, Lease, Limits, PullOptions, Reference, Source, Store};
+
+use crate::error::{Error, Result};
+
+/// The store's directory under a state root (beside the host view).
+pub fn store_dir(root: &Path) -> PathBuf {
+    root.join(".images")
+}
+
+/// Opens the image store of a state root.
+pub fn store(root: &Path) -> Result<Store> {
+    Store::open(&store_dir(root)).map_err(|e| image_error("opening the image store", &e))
+}
+
+fn image_error(spec: &str, e: &(dyn std::error::Error + 'static)) -> Error {
+    Error::Image { spec: spec.to_string(), message: crate::error::chain(e) }
+}
+
+/// What an image spec names.
+enum Spec {
+    Registry(Reference),
+    Local(Source),
+}
+
+fn parse(spec: &str) -> std::result::Result<Spec, String> {
+    if spec.starts_with("oci:") || spec.starts_with("docker-archive:") {
+        Source::parse(spec).map(Spec::Local).map_err(|e| e.to_string())
+    } else {
+        Reference::parse(spec).map(Spec::Registry).map_err(|e| e.to_string())
+    }
+}
+
+/// Checks an image spec without touching the network or the store.
+pub fn check_spec(spec: &str) -> std::result::Result<(), String> {
+    parse(spec).map(|_| ())
+}
+
+/// Default pull options: a progress bar on a terminal, registries named
+/// in `ENVBOX_INSECURE_REGISTRIES` (comma-separated host:port) over http.
+pub fn pull_options() -> PullOptions {
+    let mut o = PullOptions::default();
+    if let Ok(list) = std::env::var("ENVBOX_INSECURE_REGISTRIES") {
+        o.insecure_registries = list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    }
+    o
+}
+
+/// Pulls a registry image (even when it is cached: a tag may have moved)
+/// or imports a local source.
+pub fn pull(root: &Path, spec: &str) -> Result<Image> {
+    let store = store(root)?;
+    match parse(spec).map_err(|m| Error::Image { spec: spec.to_string(), message: m })? {
+        Spec::Registry(r) => store.pull(&r, &pull_options()).map_err(|e| image_error(spec, &e)),
+        Spec::Local(src) => store.import(&src, None, &Limits::default()).map(|(img, _)| img).map_err(|e| image_error(spec, &e)),
+    }
+}
+
+/// The image for a sandbox: from the store when it is there, else pulled
+/// or imported; with a lease that keeps its layers from garbage
+/// collection while the lease's descriptor lives (the sandbox's PID 1
+/// holds a copy).
+pub fn resolve(root: &Path, spec: &str) -> Result<(Image, Lease)> {
+    let store = store(root)?;
+    let image = match parse(spec).map_err(|m| Error::Image { spec: spec.to_string(), message: m })? {
+        Spec::Registry(r) => match store.get(&r).map_err(|e| image_error(spec, &e))? {
+            Some(img) => img,
+            None => store.pull(&r, &pull_options()).map_err(|e| image_error(spec, &e))?,
+        },
+        Spec::Local(src) => store.import(&src, None, &Limits::default()).map(|(img, _)| img).map_err(|e| image_error(spec, &e))?,
+    };
+    let lease = store.lease(&image.id).map_err(|e| image_error(spec, &e))?;
+    Ok((image, lease))
+}
+
+/// Untags `spec` and removes the layers nothing refers to any more (no
+/// tag, and no lease: images of running sandboxes stay).
+pub fn remove(root: &Path, spec: &str) -> Result<envbox_rootfs::GcReport> {
+    let store = store(root)?;
+    let r = Reference::parse(spec).map_err(|e| image_error(spec, &e))?;
+    store.remove(&r).map_err(|e| image_error(spec, &e))?;
+    store.gc(&[]).map_err(|e| image_error(spec, &e))
+}
+
+/// Every tagged image of the store.
+pub fn list(root: &Path) -> Result<Vec<Image>> {
+    store(root)?.list().map_err(|e| image_error("listing images", &e))
+}
