@@ -95,7 +95,8 @@ pub fn spawn(spec: &ShellSpec<'_>) -> io::Result<Shell> {
 
 /// Makes `cmd` start the way every process the agent runs for the user
 /// starts: `fds` (source, target) dup'ed into place, a session of its own,
-/// a normal OOM score, the default capability set and no_new_privs.
+/// a normal OOM score, the default capability set, no_new_privs and, last
+/// of all, the seccomp filter the agent prepared (`security::seccomp`).
 pub fn confine(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>) {
     let hook = move || -> io::Result<()> {
         for &(src, dst) in &fds {
@@ -106,6 +107,8 @@ pub fn confine(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>) {
         // not inherit that, or an OOM would pick nothing killable.
         std::fs::write("/proc/self/oom_score_adj", "0")?;
         security::drop_privileges().map_err(io::Error::other)?;
+        // Last: from here on mount, ptrace, unshare… fail with EPERM.
+        security::seccomp::apply()?;
         Ok(())
     };
     crate::sys::set_pre_exec(cmd, hook);
