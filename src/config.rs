@@ -45,6 +45,8 @@ pub enum ConfigError {
     InvalidEnvKind { input: String },
     #[error("invalid publish address {input:?}: expected IP:PORT on a loopback or local address, e.g. 127.0.0.1:8000")]
     InvalidPublish { input: String },
+    #[error("invalid seccomp setting {input:?}: expected off, default or the path of a seccompiler JSON policy file")]
+    InvalidSeccomp { input: String },
     #[error("invalid environment server setting: {reason}")]
     InvalidServe { reason: String },
 }
@@ -213,6 +215,37 @@ pub struct SandboxConfig {
     /// --replicas N` share one, so `envbox call GROUP` reaches any of them).
     #[serde(default)]
     pub group: Option<String>,
+    /// The seccomp filter of the shell, the env worker and the env server.
+    #[serde(default)]
+    pub seccomp: Seccomp,
+}
+
+/// Which seccomp filter the processes run for the user get (the agent
+/// itself is never filtered). See `security::seccomp`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Seccomp {
+    /// No filter: only the capability drop and no_new_privs.
+    Off,
+    /// The built-in deny list (Docker's default profile, in spirit).
+    #[default]
+    Default,
+    /// A policy file in seccompiler's JSON format, read and checked on the
+    /// host at create time.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Seccomp {
+    type Err = ConfigError;
+    /// `off`, `default`, or a path to a policy file.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "off" => Ok(Seccomp::Off),
+            "default" => Ok(Seccomp::Default),
+            "" => Err(ConfigError::InvalidSeccomp { input: s.to_string() }),
+            path => Ok(Seccomp::File(absolute(Path::new(path)))),
+        }
+    }
 }
 
 /// How an environment is served.
@@ -340,6 +373,7 @@ impl Default for SandboxConfig {
             agent: None,
             serve: None,
             group: None,
+            seccomp: Seccomp::Default,
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::cgroup::CgroupError;
 use crate::config::ConfigError;
 use crate::fs::FsError;
 use crate::sandbox::files::FilesError;
+use crate::security::seccomp::SeccompError;
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -23,6 +24,8 @@ pub enum Error {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Files(#[from] FilesError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error("envbox needs root (it creates namespaces, mounts and cgroups); run it with sudo or as root")]
     NotRoot,
     #[error("sandbox {name:?} already exists; remove it with `envbox rm {name}` or pick another name")]

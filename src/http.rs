@@ -83,7 +83,9 @@ pub struct Limits {
     /// How long to wait for the first byte of a message (an idle
     /// keep-alive connection).
     pub idle: Duration,
-    /// How long any later read of the same message may take.
+    /// How long the rest of a message head may take once its first byte
+    /// came (all of it, not each read: a slowloris client dripping a byte at
+    /// a time is cut off), and how long each read of a body may take.
     pub read: Duration,
 }
 
@@ -138,9 +140,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Reads a head that ends with an empty line; returns its length.
+    /// Reads a head that ends with an empty line; returns its length. The
+    /// wait for its first byte is `limits.idle`; from then on the whole head
+    /// must come within `limits.read`.
     async fn read_head(&mut self) -> Result<usize, HttpError> {
-        let mut first = true;
+        let read = self.limits.read;
+        let mut deadline = (!self.buf.is_empty()).then(|| tokio::time::Instant::now() + read);
         loop {
             if let Some(end) = find_head_end(&self.buf) {
                 return Ok(end);
@@ -148,8 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if self.buf.len() > MAX_HEAD {
                 return Err(HttpError::bad(431, format!("the request head is larger than {MAX_HEAD} bytes")));
             }
-            let wait = if first && self.buf.is_empty() { self.limits.idle } else { self.limits.read };
-            first = false;
+            let wait = deadline.map_or(self.limits.idle, |d| d.saturating_duration_since(tokio::time::Instant::now()));
             if self.fill(wait).await? == 0 {
                 return Err(if self.buf.iter().all(|b| b.is_ascii_whitespace()) {
                     HttpError::Closed
@@ -157,6 +161,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     HttpError::bad(400, "the connection closed in the middle of a message head")
                 });
             }
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + read);
         }
     }
 

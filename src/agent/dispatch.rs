@@ -42,6 +42,35 @@ pub enum Backend {
 pub struct Dispatcher {
     pub cfg: ServeConfig,
     pub backend: Backend,
+    /// Connections being served (unix socket and TCP together).
+    open: std::cell::Cell<usize>,
+}
+
+/// Most connections served at once per sandbox (SECURITY.md A3). One more is
+/// closed as soon as it is accepted: idle or slow clients cannot make the
+/// agent run out of fds or memory. Together with the deadline on a request
+/// head (`http::Limits::read`, for the whole head), a slowloris client holds
+/// a slot for at most that long once it has started a request.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Counts a connection as open until dropped.
+struct Slot(Rc<Dispatcher>);
+
+impl Slot {
+    fn take(d: &Rc<Dispatcher>) -> Option<Slot> {
+        let n = d.open.get();
+        if n >= MAX_CONNECTIONS {
+            return None;
+        }
+        d.open.set(n + 1);
+        Some(Slot(d.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get().saturating_sub(1));
+    }
 }
 
 /// One answer: status, the `x-envbox-error` class, JSON body.
@@ -63,7 +92,7 @@ impl Reply {
 
 impl Dispatcher {
     pub fn new(cfg: ServeConfig, backend: Backend) -> Rc<Self> {
-        Rc::new(Dispatcher { cfg, backend })
+        Rc::new(Dispatcher { cfg, backend, open: std::cell::Cell::new(0) })
     }
 
     fn limits(&self) -> Limits {
@@ -406,7 +435,10 @@ pub async fn accept_unix(d: Rc<Dispatcher>, listener: tokio::net::UnixListener) 
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::task::spawn_local(d.clone().serve(stream));
+                // Over the cap, the stream is dropped: closed at once.
+                if let Some(slot) = Slot::take(&d) {
+                    tokio::task::spawn_local(async move { slot.0.clone().serve(stream).await });
+                }
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
@@ -418,8 +450,10 @@ pub async fn accept_tcp(d: Rc<Dispatcher>, listener: tokio::net::TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::task::spawn_local(d.clone().serve(stream));
+                if let Some(slot) = Slot::take(&d) {
+                    let _ = stream.set_nodelay(true);
+                    tokio::task::spawn_local(async move { slot.0.clone().serve(stream).await });
+                }
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }

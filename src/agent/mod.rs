@@ -90,6 +90,9 @@ pub struct AgentConfig {
     /// they live in the state directory.
     #[serde(default)]
     pub disk_bytes: Option<u64>,
+    /// The seccomp filter of the shell, the env worker and the env server.
+    #[serde(default)]
+    pub seccomp: crate::security::seccomp::SeccompPolicy,
 }
 
 /// The agent's answer to the setup.
@@ -198,6 +201,10 @@ pub fn main() -> i32 {
         _ => return 1,
     };
     let Some(listen) = listen else { return startup_failed(&mut control, "no listening socket was passed") };
+    // Compiled once, here: the pre-exec hooks of the children only install it.
+    if let Err(e) = crate::security::seccomp::prepare(&cfg.seccomp) {
+        return startup_failed(&mut control, &crate::error::chain(&e));
+    }
     // The OOM counter lives in the host's cgroupfs: open it before pivot_root.
     let oom = cfg.oom_events.as_ref().and_then(|p| File::open(p).ok());
     let handles = match setup::setup(&cfg) {

@@ -23,12 +23,12 @@
 //! status; it cannot reach the host or other commands.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::{Command, Stdio};
 
 use tokio::net::unix::pipe;
 
-use crate::security;
+use crate::{security, sys};
 
 /// A running shell process and our ends of its pipes.
 pub struct Shell {
@@ -75,9 +75,8 @@ pub fn spawn(spec: &ShellSpec<'_>) -> io::Result<Shell> {
     for (k, v) in spec.env {
         cmd.env(k, v);
     }
-    let workdir = if std::fs::metadata(spec.workdir).map(|m| m.is_dir()).unwrap_or(false) { spec.workdir } else { "/" };
-    cmd.current_dir(workdir).stdin(Stdio::from(stdin_r)).stdout(Stdio::from(stdout_w)).stderr(Stdio::from(stderr_w));
-    confine(&mut cmd, vec![(signal_w.as_raw_fd(), 3)]);
+    cmd.stdin(Stdio::from(stdin_r)).stdout(Stdio::from(stdout_w)).stderr(Stdio::from(stderr_w));
+    confine(&mut cmd, vec![(signal_w.as_raw_fd(), 3)], open_workdir(spec.workdir)?);
     let child = cmd.spawn()?;
     drop(signal_w);
     // The std Child handle is not used to wait: the agent, as PID 1, reaps
@@ -93,11 +92,34 @@ pub fn spawn(spec: &ShellSpec<'_>) -> io::Result<Shell> {
     })
 }
 
+/// Opens `dir` as a child's working directory: resolved by the kernel in
+/// one `openat2` call as if the agent's root (the sandbox) were `/`, with
+/// magic links refused. `/`, when `dir` is missing or not a directory.
+///
+/// Never hand a path to `Command::current_dir`: the child would resolve it
+/// itself, after fork and before exec, while it still holds the agent's
+/// close-on-exec O_PATH handles of host directories. A workdir of
+/// `/proc/self/fd/N`, or one that a command replaced with a symlink to it
+/// before the shell was respawned, would then put the shell's cwd on the
+/// host (runc's CVE-2024-21626; SECURITY.md F14, S11).
+pub fn open_workdir(dir: &str) -> io::Result<OwnedFd> {
+    let root = OwnedFd::from(std::fs::File::open("/")?);
+    let Ok(path) = std::ffi::CString::new(dir) else { return Ok(root) };
+    let resolve = sys::openat2::RESOLVE_IN_ROOT | sys::openat2::RESOLVE_NO_MAGICLINKS;
+    match sys::openat2::openat2(root.as_fd(), &path, libc::O_PATH | libc::O_DIRECTORY, 0, resolve) {
+        Ok(fd) => Ok(fd),
+        Err(_) => Ok(root),
+    }
+}
+
 /// Makes `cmd` start the way every process the agent runs for the user
-/// starts: `fds` (source, target) dup'ed into place, a session of its own,
-/// a normal OOM score, the default capability set and no_new_privs.
-pub fn confine(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>) {
+/// starts: in the directory `cwd` (from [`open_workdir`]), `fds` (source,
+/// target) dup'ed into place, a session of its own,
+/// a normal OOM score, the default capability set, no_new_privs and, last
+/// of all, the seccomp filter the agent prepared (`security::seccomp`).
+pub fn confine(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>, cwd: OwnedFd) {
     let hook = move || -> io::Result<()> {
+        nix::unistd::fchdir(cwd.as_raw_fd()).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
         for &(src, dst) in &fds {
             crate::sys::dup2_inheritable(src, dst)?;
         }
@@ -106,6 +128,12 @@ pub fn confine(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>) {
         // not inherit that, or an OOM would pick nothing killable.
         std::fs::write("/proc/self/oom_score_adj", "0")?;
         security::drop_privileges().map_err(io::Error::other)?;
+        // From here on mount, ptrace, unshare… fail with EPERM.
+        security::seccomp::apply()?;
+        // Last: the exec'd program is not dumpable, so what it runs cannot
+        // open its /proc/<pid>/fd/* (the command stream on stdin, the
+        // signal pipe) or its memory (the nonce) (SECURITY.md P8, S6, S7).
+        sys::make_next_exec_undumpable()?;
         Ok(())
     };
     crate::sys::set_pre_exec(cmd, hook);

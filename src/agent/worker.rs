@@ -113,8 +113,7 @@ impl ProcessSpec {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let dir = if std::fs::metadata(&self.app_dir).is_ok_and(|m| m.is_dir()) { self.app_dir.as_str() } else { "/" };
-        cmd.current_dir(dir).stdin(Stdio::null());
+        cmd.stdin(Stdio::null());
         cmd
     }
 }
@@ -279,7 +278,7 @@ impl Worker {
         let mut cmd = self.spec.command(&self.spec.python());
         cmd.arg("-u").arg("-c").arg(WORKER_PY).arg(env_py);
         cmd.stdout(Stdio::from(out_w.try_clone()?)).stderr(Stdio::from(out_w));
-        shell::confine(&mut cmd, vec![(req_r.as_raw_fd(), 3), (resp_w.as_raw_fd(), 4)]);
+        shell::confine(&mut cmd, vec![(req_r.as_raw_fd(), 3), (resp_w.as_raw_fd(), 4)], shell::open_workdir(&self.spec.app_dir)?);
         let child = cmd.spawn()?;
         drop(cmd); // closes our copies of the child's ends
         drop((req_r, resp_w));
@@ -489,7 +488,7 @@ impl Upstream {
             let mut cmd = self.spec.command(&argv[0]);
             cmd.args(&argv[1..]).env("PORT", self.port.to_string());
             cmd.stdout(Stdio::from(out_w.try_clone()?)).stderr(Stdio::from(out_w));
-            shell::confine(&mut cmd, Vec::new());
+            shell::confine(&mut cmd, Vec::new(), shell::open_workdir(&self.spec.app_dir)?);
             let child = cmd.spawn()?;
             super::watch_pid(i32::try_from(child.id()).unwrap_or(0));
             Ok(out_r)

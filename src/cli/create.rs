@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use envbox::config::{self, Image, Limits, Network, SandboxConfig, Volume};
+use envbox::config::{self, Image, Limits, Network, SandboxConfig, Seccomp, Volume};
 use envbox::{Result, Sandbox};
 
 #[derive(clap::Args)]
@@ -37,6 +37,10 @@ pub struct Args {
     /// Network: none (loopback only) or host.
     #[arg(long, default_value = "none")]
     net: Network,
+    /// Seccomp filter of the shell and the environment's processes: off,
+    /// default (a deny list like Docker's) or FILE (a seccompiler JSON policy).
+    #[arg(long, default_value = "default")]
+    seccomp: Seccomp,
     /// Print {"name","pid"} as JSON.
     #[arg(long)]
     json: bool,
@@ -52,6 +56,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         network: a.net,
         root: root.to_path_buf(),
         detached: true,
+        seccomp: a.seccomp,
         ..Default::default()
     };
     let sb = Sandbox::create(&cfg, &a.name)?;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use envbox::config::{self, EnvKind, Image, Limits, Network, SandboxConfig, ServeConfig, Volume};
+use envbox::config::{self, EnvKind, Image, Limits, Network, SandboxConfig, Seccomp, ServeConfig, Volume};
 use envbox::{Env, Result, Sandbox};
 
 #[derive(clap::Args)]
@@ -64,6 +64,10 @@ pub struct Args {
     /// How long to wait for the environment to answer /health.
     #[arg(long = "ready-timeout", default_value_t = 120.0)]
     ready_timeout: f64,
+    /// Seccomp filter of the shell and the environment's processes: off,
+    /// default (a deny list like Docker's) or FILE (a seccompiler JSON policy).
+    #[arg(long, default_value = "default")]
+    seccomp: Seccomp,
     /// Print {"name","replicas","socket","methods"} as JSON.
     #[arg(long)]
     json: bool,
@@ -164,6 +168,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
                 ..ServeConfig::default()
             }),
             group: Some(name.clone()),
+            seccomp: a.seccomp.clone(),
             ..SandboxConfig::default()
         };
         match Sandbox::create(&cfg, sb_name) {

@@ -124,6 +124,8 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
     require_root()?;
     validate_name(name)?;
     config.validate()?;
+    // A bad policy file is refused before anything is started.
+    let seccomp = crate::security::seccomp::load(&config.seccomp)?;
     let root = state::ensure_root(&config.root).map_err(|source| Error::StateRoot { path: config.root.clone(), source })?;
     collect_garbage_once(&root);
     let agent_path = agent_binary(config)?;
@@ -250,6 +252,7 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         generation: "0".into(),
         serve: config.serve.clone(),
         disk_bytes: config.limits.disk_bytes,
+        seccomp,
     };
     proto::write_frame(&mut control, proto::kind::EXEC, &proto::json(&agent_cfg))
         .map_err(|e| fail(&mut undo, io("sending the agent its config")(e)))?;

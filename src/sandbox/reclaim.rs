@@ -53,6 +53,13 @@ pub fn collect(root: &Path) -> Result<Report> {
         if !creating && validate_name(&name).is_err() {
             continue; // .images and anything that is not ours
         }
+        // A sandbox directory is published only with its lock file in it
+        // (state::claim_dir): a directory (or a symlink) without one is
+        // someone else's, whatever its name (SECURITY.md L5).
+        let real_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        if !real_dir || (!creating && !path.join(state::LOCK_FILE).is_file()) {
+            continue;
+        }
         let st = State::read(&path).ok();
         match state::try_lock(&path) {
             Ok(Some(_lock)) => {

@@ -286,6 +286,46 @@ pub fn dup2_inheritable(src: RawFd, dst: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the coming `execve` leave this process **not dumpable**, so that
+/// nothing it later forks can open its `/proc/<pid>/{mem,fd/*,environ}`.
+///
+/// Why it is needed: a dumpable process is reachable through procfs by
+/// every process with the same uid and capabilities, and exec always makes
+/// a process dumpable again, so `PR_SET_DUMPABLE` before exec is lost. The
+/// kernel does set an exec'd process non-dumpable (`suid_dumpable`, 0 by
+/// default) when the exec changes its credentials: `begin_new_exec` and
+/// `commit_creds` check euid, egid, **fsuid**, fsgid and the capabilities.
+/// exec resets fsuid to euid, so an fsuid other than 0 right before exec is
+/// such a change, and no privilege is gained by it (NNP is untouched).
+///
+/// The fsuid switch runs with `SECBIT_NO_SETUID_FIXUP` so the effective set
+/// keeps DAC_OVERRIDE & co. until exec (exec still finds 0700 binaries), and
+/// the securebits are restored at once, so nothing is inherited.
+/// Needs CAP_SETPCAP. Allocation-free: runs in a pre-exec hook.
+pub fn make_next_exec_undumpable() -> io::Result<()> {
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    const OVERFLOW_UID: u32 = 65534;
+    // SAFETY: PR_GET_SECUREBITS takes no pointer; it returns the bits or -1.
+    let old = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+    let old = libc::c_ulong::try_from(old).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: PR_SET_SECUREBITS takes integers only.
+    if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, old | SECBIT_NO_SETUID_FIXUP, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: setfsuid takes an integer and returns the previous fsuid.
+    unsafe { libc::setfsuid(OVERFLOW_UID) };
+    // SAFETY: an invalid id (-1) makes setfsuid only report the current one.
+    let now = unsafe { libc::setfsuid(u32::MAX) };
+    // SAFETY: as above: restore the securebits we found.
+    if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, old, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if u32::try_from(now).ok() != Some(OVERFLOW_UID) {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    Ok(())
+}
+
 /// Registers a hook that runs in the child between fork and exec.
 ///
 /// The agent is single-threaded when it spawns, so the usual hazards of

@@ -1,10 +1,13 @@
-//! Privileges of the processes a sandbox runs: capabilities, no_new_privs.
+//! Privileges of the processes a sandbox runs: capabilities, no_new_privs,
+//! seccomp (in `seccomp`).
 //!
 //! Applied to the shell (and so to every command) by the agent, in this
 //! order (SECURITY.md invariant 3): bounding set, ambient, inheritable,
-//! permitted/effective, then no_new_privs. The agent itself keeps its
+//! permitted/effective, then no_new_privs, then the seccomp filter. The agent itself keeps its
 //! capabilities (it must mount on reset) but is not dumpable, so nothing in
 //! the sandbox can ptrace it or read its /proc files.
+
+pub mod seccomp;
 
 use caps::{CapSet, Capability, CapsHashSet};
 
