@@ -25,8 +25,10 @@ pub enum ConfigError {
     InvalidEnv { input: String },
     #[error("invalid volume {input:?}: {reason} (expected HOST:CONTAINER or HOST:CONTAINER:ro, both absolute paths)")]
     InvalidVolume { input: String, reason: &'static str },
-    #[error("invalid network mode {input:?}: expected none or host")]
+    #[error("invalid network mode {input:?}: expected none, host or egress")]
     InvalidNetwork { input: String },
+    #[error("--allow only applies to --net egress (with none there is no route out, with host no filter)")]
+    AllowWithoutEgress,
     #[error("invalid working directory {path:?}: it must be an absolute path inside the sandbox without NUL")]
     InvalidWorkdir { path: String },
     #[error("image directory {path} does not exist or is not a directory: pass --image DIR with a root filesystem (it must contain bin/ or usr/), or leave --image out to use the host's system directories")]
@@ -128,6 +130,9 @@ pub enum Network {
     None,
     /// Share the host's network namespace.
     Host,
+    /// A private network namespace with a route out through the host (NAT),
+    /// limited to `SandboxConfig::egress_allow` when that is not empty.
+    Egress,
 }
 
 impl std::str::FromStr for Network {
@@ -136,6 +141,7 @@ impl std::str::FromStr for Network {
         match s {
             "none" => Ok(Network::None),
             "host" => Ok(Network::Host),
+            "egress" => Ok(Network::Egress),
             _ => Err(ConfigError::InvalidNetwork { input: s.to_string() }),
         }
     }
@@ -211,6 +217,9 @@ pub struct SandboxConfig {
     /// Serve an environment (env.py) with the /health /methods /call API.
     #[serde(default)]
     pub serve: Option<ServeConfig>,
+    /// `Network::Egress` only: the destinations allowed (all when empty).
+    #[serde(default)]
+    pub egress_allow: Vec<crate::net::AllowRule>,
     /// The group the sandbox belongs to (the replicas of `envbox run
     /// --replicas N` share one, so `envbox call GROUP` reaches any of them).
     #[serde(default)]
@@ -374,6 +383,7 @@ impl Default for SandboxConfig {
             serve: None,
             group: None,
             seccomp: Seccomp::Default,
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -402,6 +412,9 @@ impl SandboxConfig {
         }
         if let Some(serve) = &self.serve {
             serve.validate()?;
+        }
+        if !self.egress_allow.is_empty() && self.network != Network::Egress {
+            return Err(ConfigError::AllowWithoutEgress);
         }
         if let Some(group) = &self.group {
             validate_name(group)?;

@@ -25,6 +25,7 @@ pub mod fs;
 pub mod http;
 pub mod images;
 pub mod namespace;
+pub mod net;
 pub mod sandbox;
 pub mod security;
 pub mod sys;

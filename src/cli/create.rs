@@ -34,9 +34,13 @@ pub struct Args {
     /// Maximum number of processes.
     #[arg(long, value_parser = config::parse_pids)]
     pids: Option<u64>,
-    /// Network: none (loopback only) or host.
+    /// Network: none (loopback only), host (the host's), or egress (a route out through
+    /// the host's NAT, limited by --allow).
     #[arg(long, default_value = "none")]
     net: Network,
+    /// --net egress: an allowed destination, CIDR[:PORT[-PORT]] (repeatable; none = all).
+    #[arg(long = "allow")]
+    allow: Vec<envbox::net::AllowRule>,
     /// Seccomp filter of the shell and the environment's processes: off,
     /// default (a deny list like Docker's) or FILE (a seccompiler JSON policy).
     #[arg(long, default_value = "default")]
@@ -54,6 +58,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         volumes: a.volumes,
         limits: Limits { memory_bytes: a.memory, cpu_millis: a.cpus, pids: a.pids, disk_bytes: a.disk },
         network: a.net,
+        egress_allow: a.allow.clone(),
         root: root.to_path_buf(),
         detached: true,
         seccomp: a.seccomp,

@@ -37,9 +37,13 @@ pub struct Args {
     /// Process limit per replica.
     #[arg(long, value_parser = config::parse_pids)]
     pids: Option<u64>,
-    /// Network: none (loopback only) or host.
+    /// Network: none (loopback only), host (the host's), or egress (a route out through
+    /// the host's NAT, limited by --allow).
     #[arg(long, default_value = "none")]
     net: Network,
+    /// --net egress: an allowed destination, CIDR[:PORT[-PORT]] (repeatable; none = all).
+    #[arg(long = "allow")]
+    allow: Vec<envbox::net::AllowRule>,
     /// Also serve the API on TCP (IP:PORT, or PORT for 127.0.0.1); replica i gets PORT+i.
     #[arg(long, value_parser = config::parse_publish)]
     publish: Option<std::net::SocketAddr>,
@@ -156,6 +160,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
             volumes: volumes.clone(),
             limits: Limits { memory_bytes: a.mem_limit, cpu_millis: a.cpus, pids: a.pids, disk_bytes: a.disk },
             network: a.net,
+            egress_allow: a.allow.clone(),
             root: root.to_path_buf(),
             detached: true,
             serve: Some(ServeConfig {

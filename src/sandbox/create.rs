@@ -217,6 +217,12 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
     let netns = match config.network {
         Network::None => Some(crate::namespace::take_netns().map_err(|e| fail(&mut undo, io("making a network namespace")(e)))?),
         Network::Host => None,
+        Network::Egress => {
+            let ns = crate::namespace::take_netns().map_err(|e| fail(&mut undo, io("making a network namespace")(e)))?;
+            crate::net::setup_egress(std::os::fd::AsFd::as_fd(&ns), &id, &config.egress_allow)
+                .map_err(|e| fail(&mut undo, Error::Setup { name: name.to_string(), message: crate::error::chain(&e) }))?;
+            Some(ns)
+        }
     };
     let inherited = AgentFds {
         devnull: &devnull,

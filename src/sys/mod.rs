@@ -343,6 +343,16 @@ where
     }
 }
 
+/// `setns(fd, CLONE_NEWNET)` on a raw fd: for pre-exec hooks, which run in
+/// a forked child where the fd is the parent's, borrowed.
+pub fn setns_net(fd: RawFd) -> io::Result<()> {
+    // SAFETY: setns only reads the fd; a bad one gives EBADF.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Takes ownership of a raw fd that a nix call just returned to us.
 pub fn owned(fd: RawFd) -> OwnedFd {
     // SAFETY: callers pass fds freshly returned by open(2)-like calls, which
