@@ -462,6 +462,8 @@ struct Manager {
     pending: VecDeque<Job>,
     oom: Option<File>,
     env: Option<Rc<dispatch::Dispatcher>>,
+    /// Leases on the snapshot layers of the current root.
+    leases: Vec<OwnedFd>,
 }
 
 /// Output accounting for one stream of one command.
@@ -475,7 +477,7 @@ struct StreamState {
 impl Manager {
     fn new(cfg: AgentConfig, handles: HostHandles, oom: Option<File>, env: Option<Rc<dispatch::Dispatcher>>) -> Self {
         let generation = Rc::new(std::cell::RefCell::new(cfg.generation.clone()));
-        Manager { cfg, handles, shell: None, generation, pending: VecDeque::new(), oom, env }
+        Manager { cfg, handles, shell: None, generation, pending: VecDeque::new(), oom, env, leases: Vec::new() }
     }
 
     fn ensure_shell(&mut self) -> std::io::Result<()> {
@@ -705,7 +707,8 @@ impl Manager {
             }
         };
         let new = req.generation;
-        if new.is_empty() || !new.bytes().all(|b| b.is_ascii_alphanumeric()) || mounts.len() != self.cfg.overlays.len() {
+        let mut mounts = mounts;
+        if new.is_empty() || !new.bytes().all(|b| b.is_ascii_alphanumeric()) || mounts.len() != self.cfg.overlays.len() + req.leases {
             let err = AgentError {
                 kind: ErrorKind::BadRequest,
                 message: format!("a reset needs an alphanumeric generation and {} overlay mounts", self.cfg.overlays.len()),
@@ -725,6 +728,7 @@ impl Manager {
         sys::kill_all_but_self();
         reap_all_blocking();
         let old = self.generation.borrow().clone();
+        let leases = mounts.split_off(self.cfg.overlays.len());
         let old_root = match setup::reset(&self.cfg, &self.handles, &new, &mounts) {
             Ok(fd) => fd,
             Err(e) => {
@@ -736,6 +740,9 @@ impl Manager {
                 std::process::exit(1);
             }
         };
+        // Held until the next reset: the snapshot layers the new root
+        // stands on must outlive their tags (see images::snapshot).
+        self.leases = leases;
         drop(mounts);
         *self.generation.borrow_mut() = new.clone();
         let done = ResetDone { duration_us: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX), generation: new };

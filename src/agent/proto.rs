@@ -86,6 +86,11 @@ pub struct AgentError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ResetRequest {
     pub generation: String,
+    /// How many of the fds that come with the request, after the overlay
+    /// mounts, are leases (of a snapshot layer the new root stands on) to
+    /// hold until the next reset.
+    #[serde(default)]
+    pub leases: usize,
 }
 
 /// Reply to a reset.

@@ -68,6 +68,11 @@ pub fn list(root: &Path, a: ImagesArgs) -> Result<i32> {
             println!("{:<48} {:<14} {:>6} {:>12}", r.to_string(), short(&i.id), i.layers.len(), mib(i.size));
         }
     }
+    for (snap, tags) in envbox::images::snapshot::list(root) {
+        for t in tags {
+            println!("{:<48} {:<14} {:>6} {:>12}", t, format!("snap:{}", &snap.id[..8]), snap.layers.len(), format!("of {}", snap.source));
+        }
+    }
     Ok(0)
 }
 

@@ -15,6 +15,7 @@ mod ps;
 mod reset;
 mod rm;
 mod run;
+mod snapshot;
 mod stop;
 
 use std::path::PathBuf;
@@ -58,6 +59,10 @@ enum Command {
     Images(images::ImagesArgs),
     /// Untag images and delete the layers nothing uses any more.
     Rmi(images::RmiArgs),
+    /// Turn a sandbox's current filesystem into an image, without copying (its processes restart).
+    Snapshot(snapshot::SnapshotArgs),
+    /// Start K sandboxes from a sandbox's current filesystem.
+    Fork(snapshot::ForkArgs),
     /// Make a new environment directory (env.py) from a template.
     Init(init::Args),
     /// Serve an environment (env.py) in detached sandboxes.
@@ -101,6 +106,8 @@ pub fn main() -> i32 {
         Command::Gc(a) => gc::run(&root, a),
         Command::Init(_) => Ok(0),
         Command::Pull(a) => images::pull(&root, a),
+        Command::Snapshot(a) => snapshot::snapshot(&root, a),
+        Command::Fork(a) => snapshot::fork(&root, a),
         Command::Images(a) => images::list(&root, a),
         Command::Rmi(a) => images::rmi(&root, a),
         Command::Run(a) => run::run(&root, a),

@@ -133,8 +133,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
     // entrypoint and command when it has one.
     let mut server_cmd = a.server_cmd.clone();
     if let (EnvKind::Http, None, Image::Ref(spec)) = (kind, &server_cmd, &image) {
-        let (img, _lease) = envbox::images::resolve(root, spec)?;
-        let cmd = img.config.command();
+        let cmd = envbox::images::resolve(root, spec)?.command;
         if !cmd.is_empty() {
             server_cmd = Some(cmd);
         }

@@ -32,13 +32,43 @@ pub fn mount_overlay(target: &str, lowers: &[String], upper: &str, work: &str) -
 /// layer paths are resolved here, in the caller's namespace.
 pub fn detached_overlay(lowers: &[String], upper: &str, work: &str) -> Result<std::os::fd::OwnedFd> {
     use crate::sys::newmount;
+    use std::os::fd::AsFd;
     let opts = options(lowers, upper, work)?;
     let err = |source| FsError::Mount { fstype: "overlay".into(), target: "(detached)".into(), options: opts.clone(), source };
+    // fsconfig takes strings of at most 256 bytes: name every layer by a
+    // short /proc/self/fd path of an O_PATH handle, and add the lowers one
+    // by one ("lowerdir+", Linux 6.8) where the kernel can.
+    let open = |p: &str| {
+        nix::fcntl::open(
+            p,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map(crate::sys::owned)
+        .map_err(|e| err(std::io::Error::from_raw_os_error(e as i32)))
+    };
+    let lower_fds = lowers.iter().map(|l| open(l)).collect::<Result<Vec<_>>>()?;
+    let (upper_fd, work_fd) = (open(upper)?, open(work)?);
+    let path = |fd: &std::os::fd::OwnedFd| crate::sys::fd_path(fd.as_fd()).into_string().unwrap_or_default();
     let ctx = newmount::fsopen("overlay").map_err(err)?;
-    let ctx_fd = std::os::fd::AsFd::as_fd(&ctx);
-    newmount::set_string(ctx_fd, "lowerdir", &lowers.join(":")).map_err(err)?;
-    newmount::set_string(ctx_fd, "upperdir", upper).map_err(err)?;
-    newmount::set_string(ctx_fd, "workdir", work).map_err(err)?;
+    let ctx_fd = ctx.as_fd();
+    let mut one_by_one = true;
+    for (i, fd) in lower_fds.iter().enumerate() {
+        match newmount::set_string(ctx_fd, "lowerdir+", &path(fd)) {
+            Ok(()) => {}
+            Err(e) if i == 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+                one_by_one = false;
+                break;
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
+    if !one_by_one {
+        let joined: Vec<String> = lower_fds.iter().map(path).collect();
+        newmount::set_string(ctx_fd, "lowerdir", &joined.join(":")).map_err(err)?;
+    }
+    newmount::set_string(ctx_fd, "upperdir", &path(&upper_fd)).map_err(err)?;
+    newmount::set_string(ctx_fd, "workdir", &path(&work_fd)).map_err(err)?;
     newmount::set_flag(ctx_fd, "volatile").map_err(err)?;
     newmount::create_and_mount(ctx_fd).map_err(err)
 }

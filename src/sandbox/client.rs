@@ -1,7 +1,7 @@
 //! The host side of the agent protocol: run a command, reset, ping.
 
 use std::io::{self, BufReader, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -149,11 +149,13 @@ impl Connection {
 
     /// Resets the sandbox's filesystem and shell onto `mounts` (detached
     /// overlays over generation `generation`'s upper layers).
-    pub fn reset(&mut self, generation: &str, mounts: &[OwnedFd]) -> Result<ResetDone> {
-        let payload = proto::json(&ResetRequest { generation: generation.to_string() });
+    /// Sends a reset with the new overlay mounts and, after them, `leases`
+    /// for the agent to hold until the next reset.
+    pub fn reset(&mut self, generation: &str, mounts: &[OwnedFd], leases: &[BorrowedFd<'_>]) -> Result<ResetDone> {
+        let payload = proto::json(&ResetRequest { generation: generation.to_string(), leases: leases.len() });
         let mut frame = Vec::new();
         proto::write_frame(&mut frame, kind::RESET, &payload).map_err(self.io_err("sending a reset"))?;
-        let fds: Vec<_> = mounts.iter().map(|m| m.as_fd()).collect();
+        let fds: Vec<_> = mounts.iter().map(|m| m.as_fd()).chain(leases.iter().copied()).collect();
         let sock = self.stream.get_mut();
         let sent = crate::sys::send_with_fds(sock.as_fd(), &frame, &fds).map_err(|source| Error::Io {
             step: "sending a reset",

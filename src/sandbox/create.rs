@@ -140,19 +140,22 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
     // Step 2: what the root filesystem is made of. A store image is pulled
     // or imported when missing; its lease (held by the agent from now on)
     // keeps its layers from `envbox rmi`'s garbage collection.
-    let (overlays, image, lease) = match &config.image {
+    let (overlays, image) = match &config.image {
         crate::config::Image::Ref(spec) => {
-            let (img, lease) = crate::images::resolve(&root, spec).map_err(|e| fail(&mut undo, e))?;
-            (rootfs::layers_plan(&img.layers), Some(img), Some(lease))
+            let resolved = crate::images::resolve(&root, spec).map_err(|e| fail(&mut undo, e))?;
+            (rootfs::layers_plan(&resolved.layers), Some(resolved))
         }
-        other => (rootfs::plan(other, &root).map_err(|e| fail(&mut undo, e.into()))?, None, None),
+        other => (rootfs::plan(other, &root).map_err(|e| fail(&mut undo, e.into()))?, None),
     };
     // The image's config under the caller's: its environment first (the
     // caller's variables win), its working directory unless one is given.
-    let mut env = image.as_ref().map(|i| i.config.env_pairs()).unwrap_or_default();
+    let mut env = image.as_ref().map(|i| i.env.clone()).unwrap_or_default();
     env.retain(|(k, _)| !config.env.iter().any(|(ck, _)| ck == k));
     env.extend(config.env.iter().cloned());
-    let workdir = match image.as_ref().and_then(|i| i.config.working_dir.clone()) {
+    let image_id = image.as_ref().and_then(|i| i.image_id.clone());
+    let working_dir = image.as_ref().and_then(|i| i.working_dir.clone());
+    let lease = image.map(|i| i.lease);
+    let workdir = match working_dir {
         Some(dir) if config.workdir == "/" && dir.starts_with('/') => dir,
         _ => config.workdir.clone(),
     };
@@ -169,6 +172,8 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         created: state::now_unix(),
         config: config.clone(),
         overlays: overlays.clone(),
+        snapshot_layers: Vec::new(),
+        image_id,
     };
     st.write(&dir).map_err(|e| fail(&mut undo, io("writing state.json")(e)))?;
 

@@ -7,6 +7,7 @@ mod create;
 mod delete;
 pub mod files;
 pub mod reclaim;
+mod snapshot;
 pub mod state;
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -204,6 +205,22 @@ impl Sandbox {
     /// Throws away every filesystem change since create and starts a fresh
     /// shell. Processes are killed; the image is never touched.
     pub fn reset(&self) -> Result<()> {
+        // A snapshot left the current root standing on frozen layers; a
+        // reset goes back to the create-time layers.
+        if let Ok(mut st) = State::read(&self.dir) {
+            if !st.snapshot_layers.is_empty() {
+                st.snapshot_layers.clear();
+                st.write(&self.dir).map_err(|source| Error::Io { step: "writing state.json", name: self.name.clone(), source })?;
+            }
+        }
+        self.rotate(&[], &[]).map(|_| ())
+    }
+
+    /// Swaps in a fresh generation: new upper layers over the create-time
+    /// lowers, with `extra` (top-first) stacked above the first overlay's
+    /// lowers; `leases` go to the agent, held until the next reset.
+    /// Returns the generation name.
+    fn rotate(&self, extra: &[PathBuf], leases: &[std::os::fd::BorrowedFd<'_>]) -> Result<String> {
         // The new upper layers and the overlays over them are made here, in
         // the host's mount namespace, and handed to the agent as detached
         // mounts; the agent swaps them in and deletes the old layers in the
@@ -226,17 +243,18 @@ impl Sandbox {
                 let (upper, work) = (base.join(format!("u{i}")), base.join(format!("w{i}")));
                 std::fs::create_dir_all(&upper).map_err(io)?;
                 std::fs::create_dir_all(&work).map_err(io)?;
-                let lowers: Vec<String> = spec.lowers.iter().map(|l| l.display().to_string()).collect();
+                let above: &[PathBuf] = if i == 0 { extra } else { &[] };
+                let lowers: Vec<String> = above.iter().chain(&spec.lowers).map(|l| l.display().to_string()).collect();
                 mounts.push(crate::fs::overlay::detached_overlay(&lowers, &upper.display().to_string(), &work.display().to_string())?);
             }
             Ok(())
         })();
-        let result = made.and_then(|()| self.with_conn(|c| c.reset(&generation, &mounts)));
+        let result = made.and_then(|()| self.with_conn(|c| c.reset(&generation, &mounts, leases)));
         drop((mounts, disk));
         if result.is_err() && self.state.config.limits.disk_bytes.is_none() {
             let _ = std::fs::remove_dir_all(&base);
         }
-        result.map(|_| ())
+        result.map(|_| generation)
     }
 
     /// A round trip to the agent; returns the current filesystem generation.

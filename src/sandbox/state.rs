@@ -42,6 +42,13 @@ pub struct State {
     pub config: SandboxConfig,
     /// The overlay mounts of the root (a reset rebuilds them).
     pub overlays: Vec<crate::fs::rootfs::OverlaySpec>,
+    /// Snapshot layers (top first) the current root stands on above the
+    /// first overlay's lowers; a reset clears them.
+    #[serde(default)]
+    pub snapshot_layers: Vec<PathBuf>,
+    /// The store image the sandbox was created from, if any.
+    #[serde(default)]
+    pub image_id: Option<String>,
 }
 
 pub const STATE_FILE: &str = "state.json";

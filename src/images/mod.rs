@@ -1,7 +1,11 @@
 //! The runtime's use of the image store (crate `envbox-rootfs`): images
 //! named by registry reference or local source, pulled or imported into
-//! `<state root>/.images` once and shared by every sandbox on them.
+//! `<state root>/.images` once and shared by every sandbox on them; and
+//! snapshots of sandboxes (see [`snapshot`]).
 
+pub mod snapshot;
+
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use envbox_rootfs::{Image, Lease, Limits, PullOptions, Reference, Source, Store};
@@ -61,11 +65,28 @@ pub fn pull(root: &Path, spec: &str) -> Result<Image> {
     }
 }
 
-/// The image for a sandbox: from the store when it is there, else pulled
-/// or imported; with a lease that keeps its layers from garbage
-/// collection while the lease's descriptor lives (the sandbox's PID 1
-/// holds a copy).
-pub fn resolve(root: &Path, spec: &str) -> Result<(Image, Lease)> {
+/// What a sandbox is created on: layers and config, from the store or a
+/// snapshot.
+pub struct Resolved {
+    /// Layer directories, bottom to top.
+    pub layers: Vec<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    /// Entrypoint followed by cmd.
+    pub command: Vec<String>,
+    /// The store image (of a snapshot: the one it was taken on), if any.
+    pub image_id: Option<String>,
+    /// A lease on the image or snapshot: a shared flock whose fd the
+    /// sandbox's PID 1 holds, so garbage collection leaves the layers alone.
+    pub lease: OwnedFd,
+}
+
+/// The image for a sandbox: a snapshot of that tag, else the store image
+/// (pulled or imported when missing).
+pub fn resolve(root: &Path, spec: &str) -> Result<Resolved> {
+    if let Some(snap) = snapshot::find(root, spec)? {
+        return snap.resolved(root);
+    }
     let store = store(root)?;
     let image = match parse(spec).map_err(|m| Error::Image { spec: spec.to_string(), message: m })? {
         Spec::Registry(r) => match store.get(&r).map_err(|e| image_error(spec, &e))? {
@@ -74,17 +95,38 @@ pub fn resolve(root: &Path, spec: &str) -> Result<(Image, Lease)> {
         },
         Spec::Local(src) => store.import(&src, None, &Limits::default()).map(|(img, _)| img).map_err(|e| image_error(spec, &e))?,
     };
-    let lease = store.lease(&image.id).map_err(|e| image_error(spec, &e))?;
-    Ok((image, lease))
+    let lease = lease_fd(&store.lease(&image.id).map_err(|e| image_error(spec, &e))?).map_err(|e| image_error(spec, &e))?;
+    Ok(Resolved {
+        layers: image.layers.clone(),
+        env: image.config.env_pairs(),
+        working_dir: image.config.working_dir.clone(),
+        command: image.config.command(),
+        image_id: Some(image.id.to_string()),
+        lease,
+    })
+}
+
+fn lease_fd(lease: &Lease) -> std::io::Result<OwnedFd> {
+    std::os::fd::AsFd::as_fd(lease).try_clone_to_owned()
 }
 
 /// Untags `spec` and removes the layers nothing refers to any more (no
 /// tag, and no lease: images of running sandboxes stay).
 pub fn remove(root: &Path, spec: &str) -> Result<envbox_rootfs::GcReport> {
     let store = store(root)?;
-    let r = Reference::parse(spec).map_err(|e| image_error(spec, &e))?;
-    store.remove(&r).map_err(|e| image_error(spec, &e))?;
-    store.gc(&[]).map_err(|e| image_error(spec, &e))
+    if !snapshot::untag(root, spec)? {
+        let r = Reference::parse(spec).map_err(|e| image_error(spec, &e))?;
+        store.remove(&r).map_err(|e| image_error(spec, &e))?;
+    }
+    gc(root)
+}
+
+/// Removes unused snapshots, then the store layers that no tag, lease or
+/// remaining snapshot refers to.
+pub fn gc(root: &Path) -> Result<envbox_rootfs::GcReport> {
+    let keep = snapshot::collect(root)?;
+    let keep: Vec<envbox_rootfs::Digest> = keep.iter().filter_map(|id| id.parse().ok()).collect();
+    store(root)?.gc(&keep).map_err(|e| image_error("collecting unused layers", &e))
 }
 
 /// Every tagged image of the store.
