@@ -190,8 +190,8 @@ fn posture_of_the_agent_shell_worker_and_commands() {
     assert_eq!(worker.cwd, dev_ino(&format!("/proc/{agent_pid}/root/app")), "worker: cwd is the app dir");
 
     // A command: the shell's posture, passed down (bash adds PWD, SHLVL, _).
-    let sleep_pid = common::children(shell_pid).into_iter().find(|&p| cmdline(p) == "sleep 1000");
-    let sleep_pid = sleep_pid.or_else(|| common::children(agent_pid).into_iter().find(|&p| cmdline(p) == "sleep 1000")).unwrap();
+    // (The background child may not have exec'd sleep yet: wait for it.)
+    let sleep_pid = child(shell_pid, "sleep 1000");
     let cmd = posture(sleep_pid);
     assert_confined("command", &cmd, &agent, "2", &base, &["PWD", "SHLVL", "_", "OLDPWD"]);
     assert_eq!(cmd.fds.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
