@@ -1301,6 +1301,11 @@ fn a02_oversized_bodies_are_refused_before_buffering() {
     let (st, _) = raw(&s, b"POST /call HTTP/1.1\r\nContent-Length: 1000000000000\r\n\r\n");
     assert_eq!(st, 413);
     assert!(t0.elapsed() < Duration::from_secs(2));
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", sb.pid())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+    };
+    let rss_before = rss();
     // 200 MB streamed: refused at the limit, the connection closed.
     let mut c = UnixStream::connect(&s).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -1327,6 +1332,8 @@ fn a02_oversized_bodies_are_refused_before_buffering() {
     let mut out = Vec::new();
     let _ = c.read_to_end(&mut out);
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 413"));
+    // The agent buffered none of it.
+    assert!(rss() < rss_before + (32 << 10), "the agent grew from {rss_before} kB to {} kB", rss());
     assert!(healthy(&s));
     drop(sb);
     root.assert_clean();
