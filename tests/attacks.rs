@@ -598,8 +598,13 @@ fn p07_kill_reaches_only_the_sandbox() {
     let other = debian(&root, "p07b");
     other.run("sleep 1000 >/dev/null 2>&1 &").unwrap();
     let other_procs = common::children(other.pid()).len();
-    let _ = sb.run("kill -9 -1"); // kills the shell too: S1 takes over
+    sb.run("sleep 1000 >/dev/null 2>&1 &").unwrap();
+    // bash's kill spares bash itself: everything but the agent and the
+    // shell dies (README's recipe before grading).
+    let _ = sb.run("kill -9 -1; wait");
     assert_eq!(sh(&sb, "echo alive"), "alive\n");
+    let left = "for p in /proc/[0-9]*; do tr '\\0' ' ' <$p/cmdline; echo; done 2>/dev/null | grep -c '^sleep 1000'; true";
+    assert_eq!(sh(&sb, left), "0\n");
     assert_eq!(sh(&other, "echo alive"), "alive\n");
     assert_eq!(common::children(other.pid()).len(), other_procs);
     let me = std::process::id();
@@ -1301,6 +1306,11 @@ fn a02_oversized_bodies_are_refused_before_buffering() {
     let (st, _) = raw(&s, b"POST /call HTTP/1.1\r\nContent-Length: 1000000000000\r\n\r\n");
     assert_eq!(st, 413);
     assert!(t0.elapsed() < Duration::from_secs(2));
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", sb.pid())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+    };
+    let rss_before = rss();
     // 200 MB streamed: refused at the limit, the connection closed.
     let mut c = UnixStream::connect(&s).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -1327,6 +1337,8 @@ fn a02_oversized_bodies_are_refused_before_buffering() {
     let mut out = Vec::new();
     let _ = c.read_to_end(&mut out);
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 413"));
+    // The agent buffered none of it.
+    assert!(rss() < rss_before + (32 << 10), "the agent grew from {rss_before} kB to {} kB", rss());
     assert!(healthy(&s));
     drop(sb);
     root.assert_clean();

@@ -190,19 +190,8 @@ fn posture_of_the_agent_shell_worker_and_commands() {
     assert_eq!(worker.cwd, dev_ino(&format!("/proc/{agent_pid}/root/app")), "worker: cwd is the app dir");
 
     // A command: the shell's posture, passed down (bash adds PWD, SHLVL, _).
-    // The background child may still be between fork and exec: wait for it.
-    let find = || {
-        let of = |parent: i32| common::children(parent).into_iter().find(|&p| cmdline(p) == "sleep 1000");
-        of(shell_pid).or_else(|| of(agent_pid))
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let sleep_pid = loop {
-        match find() {
-            Some(p) => break p,
-            None if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(5)),
-            None => panic!("the background `sleep 1000` never showed up"),
-        }
-    };
+    // (The background child may not have exec'd sleep yet: wait for it.)
+    let sleep_pid = child(shell_pid, "sleep 1000");
     let cmd = posture(sleep_pid);
     assert_confined("command", &cmd, &agent, "2", &base, &["PWD", "SHLVL", "_", "OLDPWD"]);
     assert_eq!(cmd.fds.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);

@@ -205,6 +205,11 @@ pub fn main() -> i32 {
     if let Err(e) = crate::security::seccomp::prepare(&cfg.seccomp) {
         return startup_failed(&mut control, &crate::error::chain(&e));
     }
+    // The shell is made non-dumpable through suid_dumpable (see
+    // sys::make_next_exec_undumpable); 1 ("debug") defeats that.
+    if std::fs::read_to_string("/proc/sys/fs/suid_dumpable").is_ok_and(|v| v.trim() == "1") {
+        eprintln!("envbox: fs.suid_dumpable is 1: commands can open the shell's /proc/<pid>/fd and memory; set it to 0");
+    }
     // The OOM counter lives in the host's cgroupfs: open it before pivot_root.
     let oom = cfg.oom_events.as_ref().and_then(|p| File::open(p).ok());
     let handles = match setup::setup(&cfg) {

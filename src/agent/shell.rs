@@ -115,8 +115,9 @@ pub fn open_workdir(dir: &str) -> io::Result<OwnedFd> {
 /// Makes `cmd` start the way every process the agent runs for the user
 /// starts: in the directory `cwd` (from [`open_workdir`]), `fds` (source,
 /// target) dup'ed into place, a session of its own,
-/// a normal OOM score, the default capability set, no_new_privs and, last
-/// of all, the seccomp filter the agent prepared (`security::seccomp`).
+/// a normal OOM score, the default capability set, no_new_privs, a
+/// non-dumpable exec (`sys::make_next_exec_undumpable`) and, last of all,
+/// the seccomp filter the agent prepared (`security::seccomp`).
 pub fn confine(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>, cwd: OwnedFd) {
     let hook = move || -> io::Result<()> {
         nix::unistd::fchdir(cwd.as_raw_fd()).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
@@ -128,12 +129,13 @@ pub fn confine(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>, cwd: OwnedFd) {
         // not inherit that, or an OOM would pick nothing killable.
         std::fs::write("/proc/self/oom_score_adj", "0")?;
         security::drop_privileges().map_err(io::Error::other)?;
-        // From here on mount, ptrace, unshare… fail with EPERM.
-        security::seccomp::apply()?;
-        // Last: the exec'd program is not dumpable, so what it runs cannot
+        // The exec'd program will not be dumpable, so what it runs cannot
         // open its /proc/<pid>/fd/* (the command stream on stdin, the
         // signal pipe) or its memory (the nonce) (SECURITY.md P8, S6, S7).
+        // Before the filter, which a policy file could make deny prctl.
         sys::make_next_exec_undumpable()?;
+        // Last: from here on mount, ptrace, unshare… fail with EPERM.
+        security::seccomp::apply()?;
         Ok(())
     };
     crate::sys::set_pre_exec(cmd, hook);

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use super::state::{self, State, CREATING_PREFIX, TRASH_DIR};
+use super::state::{self, State, CLAIMING_PREFIX, CREATING_PREFIX, TRASH_DIR};
 use super::{cgroup_layout, delete, root_tag, CGROUP_PARENT};
 use crate::cgroup::Cgroup;
 use crate::config::validate_name;
@@ -46,6 +46,15 @@ pub fn collect(root: &Path) -> Result<Report> {
                 for item in items.flatten() {
                     let _ = std::fs::remove_dir_all(item.path());
                 }
+            }
+            continue;
+        }
+        if name.starts_with(CLAIMING_PREFIX) {
+            // Left by a create that died between mkdir and rename (it holds
+            // nothing but a lock file); a young one may be in flight.
+            let old = std::fs::symlink_metadata(&path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+            if old.is_some_and(|age| age > std::time::Duration::from_secs(60)) && matches!(state::try_lock(&path), Ok(Some(_))) {
+                let _ = std::fs::remove_dir_all(&path);
             }
             continue;
         }

@@ -61,6 +61,9 @@ pub const ENV_SOCKET_FILE: &str = "env.sock";
 pub const ENV_LOG_FILE: &str = "env.log";
 /// Prefix of directories being created (not yet published under their name).
 pub const CREATING_PREFIX: &str = ".creating-";
+/// A directory being given its lock, before it becomes `.creating-…`; the
+/// garbage collector leaves it alone while it is young (see `claim_dir`).
+pub const CLAIMING_PREFIX: &str = ".claiming-";
 pub const TRASH_DIR: &str = ".trash";
 
 impl State {
@@ -107,10 +110,22 @@ pub fn try_lock(dir: &Path) -> io::Result<Option<File>> {
 /// concurrent creates of one name cannot both win and the garbage collector
 /// never sees a directory without its lock.
 pub fn claim_dir(root: &Path, name: &str) -> io::Result<Option<(PathBuf, File)>> {
-    let tmp = root.join(format!("{CREATING_PREFIX}{name}-{}", crate::agent::shell::new_nonce()));
-    fs::DirBuilder::new().mode(0o700).create(&tmp)?;
-    let lock = open_lock(&tmp)?;
-    sys::flock(lock.as_fd(), libc::LOCK_EX)?;
+    let nonce = crate::agent::shell::new_nonce();
+    // The directory gets its lock under a name the collector skips: as
+    // `.creating-…` right away, a collector running in another thread
+    // between mkdir and flock found the lock free, took the directory for
+    // a crashed create and removed it under us (create failed with ENOENT).
+    let staging = root.join(format!("{CLAIMING_PREFIX}{nonce}"));
+    fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let lock = open_lock(&staging).and_then(|l| sys::flock(l.as_fd(), libc::LOCK_EX).map(|()| l));
+    let tmp = root.join(format!("{CREATING_PREFIX}{name}-{nonce}"));
+    let lock = match lock.and_then(|l| fs::rename(&staging, &tmp).map(|()| l)) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
     let dir = root.join(name);
     match nix::fcntl::renameat2(None, &tmp, None, &dir, nix::fcntl::RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => Ok(Some((dir, lock))),

@@ -18,6 +18,15 @@
 //! 3. a guard that refuses x32-ABI syscall numbers (bit 30 set), which would
 //!    otherwise reach the same kernel code under numbers no deny list names.
 //!
+//! Where it differs from Docker's profile (an allow list whose default is
+//! EPERM): ptrace, process_vm_* and kcmp are refused on every kernel (Docker
+//! allows ptrace from 4.8 on) because the shell's nonce and pipes must stay
+//! out of a command's reach (SECURITY.md P8); unshare and clone are refused
+//! only with a namespace flag (harmless flags such as CLONE_FILES pass); the
+//! NUMA calls (mbind, set_mempolicy, move_pages…) stay allowed; and a
+//! syscall the list does not name is allowed, so new kernel calls are open
+//! until they are added here.
+//!
 //! A seccompiler filter also kills the process on a foreign architecture
 //! (i386 `int 0x80` syscalls on x86_64): 32-bit binaries do not run under a
 //! filter. Other architectures than x86_64 run without a filter, and say so
