@@ -16,7 +16,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use envbox_rootfs::oci::{ConfigFile, Descriptor, Manifest, RootFs};
+use envbox_rootfs::fixtures::oci::{put_blob, write_image};
+use envbox_rootfs::oci::{ConfigFile, Descriptor, RootFs};
 use envbox_rootfs::{Digest, PullOptions, Reference, Store};
 
 fn main() {
@@ -137,12 +138,6 @@ fn fill(buf: &mut [u8], seed: &mut u64) {
     }
 }
 
-fn put_blob(dir: &Path, bytes: &[u8]) -> Digest {
-    let d = Digest::of(bytes);
-    fs::write(dir.join("blobs/sha256").join(d.hex()), bytes).unwrap();
-    d
-}
-
 fn build_layout(dir: &Path, total_mb: usize, layers: usize) -> (u64, u64) {
     fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -194,24 +189,6 @@ fn build_layout(dir: &Path, total_mb: usize, layers: usize) -> (u64, u64) {
         config: None,
         rootfs: RootFs { kind: "layers".into(), diff_ids },
     };
-    let cb = serde_json::to_vec(&config).unwrap();
-    let cd = put_blob(dir, &cb);
-    let m = Manifest {
-        schema_version: 2,
-        media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
-        config: Descriptor {
-            media_type: "application/vnd.oci.image.config.v1+json".into(),
-            digest: cd,
-            size: cb.len() as u64,
-            platform: None,
-            annotations: None,
-        },
-        layers: descs,
-    };
-    let mb = serde_json::to_vec(&m).unwrap();
-    let md = put_blob(dir, &mb);
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": md.to_string(), "size": mb.len(), "annotations": {"org.opencontainers.image.ref.name": "bench"}}]});
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    write_image(dir, &config, descs, "bench");
     (tar_total, gz_total)
 }

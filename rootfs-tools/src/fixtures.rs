@@ -58,4 +58,5 @@ pub fn ensure(f: Fixture) -> Result<PathBuf, String> {
     cached(f).ok_or_else(|| format!("{} {} succeeded but left no rootfs in {}", build_script().display(), f.name(), cache_dir().display()))
 }
 
+pub mod oci;
 pub mod registry;

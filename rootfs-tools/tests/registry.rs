@@ -8,7 +8,6 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileTypeExt;
-use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
@@ -31,25 +30,11 @@ fn missing_prereq() -> Option<String> {
     envbox_rootfs::fixtures::registry::missing_prereq()
 }
 
+use envbox_rootfs::fixtures::oci::{chain, names};
 use envbox_rootfs::fixtures::registry::{layout, run, TestRegistry};
 
 fn opts() -> PullOptions {
     PullOptions { progress: false, retries: 1, ..PullOptions::default() }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir).map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use envbox_rootfs::fixtures::oci::{chain, names, put_blob, write_image};
 use envbox_rootfs::oci::{ConfigFile, Descriptor, Manifest, RootFs, RunConfig};
 use envbox_rootfs::{Digest, ImageError, Limits, Reference, Source, Store};
 use tar::{EntryType, Header};
@@ -46,13 +47,6 @@ fn gzip(b: &[u8]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
-fn put_blob(dir: &Path, bytes: &[u8]) -> Digest {
-    let d = Digest::of(bytes);
-    fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-    fs::write(dir.join("blobs/sha256").join(d.hex()), bytes).unwrap();
-    d
-}
-
 fn run_config() -> RunConfig {
     RunConfig {
         env: Some(vec!["PATH=/bin".into(), "GREETING=hi there".into()]),
@@ -89,28 +83,7 @@ fn oci_layout(dir: &Path, layers: &[Vec<u8>], tag: &str) -> PathBuf {
         config: Some(run_config()),
         rootfs: RootFs { kind: "layers".into(), diff_ids },
     };
-    let cb = serde_json::to_vec(&config).unwrap();
-    let cd = put_blob(dir, &cb);
-    let m = Manifest {
-        schema_version: 2,
-        media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
-        config: Descriptor {
-            media_type: "application/vnd.oci.image.config.v1+json".into(),
-            digest: cd,
-            size: cb.len() as u64,
-            platform: None,
-            annotations: None,
-        },
-        layers: descs,
-    };
-    let mb = serde_json::to_vec(&m).unwrap();
-    let md = put_blob(dir, &mb);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md.to_string(), "size": mb.len(),
-                       "annotations": {"org.opencontainers.image.ref.name": tag}}]
-    });
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    write_image(dir, &config, descs, tag);
     dir.to_path_buf()
 }
 
@@ -141,22 +114,6 @@ fn import_layout(
 }
 
 /// The error and all its sources, as a CLI would print them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn oci_layout_import_gives_overlay_ready_layers_and_config() {

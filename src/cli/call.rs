@@ -23,8 +23,8 @@ pub struct Args {
     #[arg(long = "pos", short = 'p')]
     positional: Vec<String>,
     /// Give up after this many seconds (client side).
-    #[arg(long)]
-    timeout: Option<f64>,
+    #[arg(long, value_parser = super::parse_timeout)]
+    timeout: Option<Duration>,
 }
 
 #[derive(clap::Args)]
@@ -88,14 +88,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
             }
         }
     }
-    let timeout = match a.timeout {
-        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
-        Some(t) => {
-            eprintln!("envbox: --timeout must be a positive number of seconds, got {t}");
-            return Ok(super::EXIT_FAILURE);
-        }
-        None => None,
-    };
+    let timeout = a.timeout;
     let Some(env) = env_of(root, &a.name)? else { return Ok(super::EXIT_FAILURE) };
     let args: Vec<Value> = a.positional.iter().map(|p| parse_value(p)).collect();
     let result = runtime(&a.name)?.block_on(env.call_with(&a.method, args, kwargs, CallOptions { timeout }));

@@ -11,8 +11,8 @@ use envbox::{Chunk, Error, Result, RunOptions, Sandbox};
 pub struct Args {
     name: String,
     /// Kill the command after this many seconds (exit code 124).
-    #[arg(long)]
-    timeout: Option<f64>,
+    #[arg(long, value_parser = super::parse_timeout)]
+    timeout: Option<Duration>,
     /// The shell command.
     command: String,
 }
@@ -22,14 +22,7 @@ const EXIT_TIMEOUT: i32 = 124;
 
 pub fn run(root: &Path, a: Args) -> Result<i32> {
     let sb = Sandbox::open(root, &a.name)?;
-    let timeout = match a.timeout {
-        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
-        Some(t) => {
-            eprintln!("envbox: --timeout must be a positive number of seconds, got {t}");
-            return Ok(super::EXIT_FAILURE);
-        }
-        None => None,
-    };
+    let timeout = a.timeout;
     let opts = RunOptions { timeout, ..Default::default() };
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();

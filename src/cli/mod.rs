@@ -129,6 +129,14 @@ fn report(result: envbox::Result<i32>) -> i32 {
     }
 }
 
+/// Parses `--timeout SECS`: a positive number of seconds.
+pub fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(t) if t.is_finite() && t > 0.0 && t < 1e9 => Ok(std::time::Duration::from_secs_f64(t)),
+        _ => Err(format!("--timeout must be a positive number of seconds, got {s:?}")),
+    }
+}
+
 /// Prints a value as one line of JSON.
 pub fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string(v).unwrap_or_default());
