@@ -25,6 +25,7 @@ pub struct BenchOptions {
     /// Seconds of each throughput phase.
     pub throughput_secs: f64,
     pub network: crate::config::Network,
+    pub fs: crate::config::FsBackend,
 }
 
 /// Latency summary of one operation.
@@ -105,7 +106,8 @@ fn timed<T>(samples: &Samples, op: &'static str, f: impl FnOnce() -> Result<T>) 
 /// Runs the whole benchmark.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     crate::sandbox::require_root()?;
-    let base = SandboxConfig { image: opts.image.clone(), root: opts.root.clone(), network: opts.network, ..Default::default() };
+    let base =
+        SandboxConfig { image: opts.image.clone(), root: opts.root.clone(), network: opts.network, fs: opts.fs, ..Default::default() };
     base.validate()?;
     let samples: Samples = Arc::new(Mutex::new(BTreeMap::new()));
     let failures = Arc::new(AtomicU64::new(0));

@@ -41,6 +41,10 @@ pub enum ConfigError {
     UnusableImagePath { path: PathBuf },
     #[error("volume source {path} does not exist on the host")]
     MissingVolumeSource { path: PathBuf },
+    #[error("invalid --fs {input:?}: expected overlayfs or btrfs")]
+    InvalidFs { input: String },
+    #[error("--fs btrfs {reason}")]
+    BtrfsUnsupported { reason: &'static str },
     #[error("invalid image {input:?}: {reason}")]
     InvalidImage { input: String, reason: String },
     #[error("invalid environment type {input:?}: expected function or http")]
@@ -118,6 +122,30 @@ impl Image {
             return Err(ConfigError::NotARootfs { path: path.clone() });
         }
         Ok(())
+    }
+}
+
+/// How the sandbox's writable root is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsBackend {
+    /// overlayfs: the image's layers below, the sandbox's upper directory
+    /// above.
+    #[default]
+    Overlayfs,
+    /// A btrfs snapshot of the image flattened into a subvolume (the state
+    /// root must be on btrfs).
+    Btrfs,
+}
+
+impl std::str::FromStr for FsBackend {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "overlayfs" | "overlay" => Ok(FsBackend::Overlayfs),
+            "btrfs" => Ok(FsBackend::Btrfs),
+            _ => Err(ConfigError::InvalidFs { input: s.to_string() }),
+        }
     }
 }
 
@@ -217,6 +245,9 @@ pub struct SandboxConfig {
     /// Serve an environment (env.py) with the /health /methods /call API.
     #[serde(default)]
     pub serve: Option<ServeConfig>,
+    /// How the writable root is made.
+    #[serde(default)]
+    pub fs: FsBackend,
     /// `Network::Egress` only: the destinations allowed (all when empty).
     #[serde(default)]
     pub egress_allow: Vec<crate::net::AllowRule>,
@@ -384,6 +415,7 @@ impl Default for SandboxConfig {
             group: None,
             seccomp: Seccomp::Default,
             egress_allow: Vec::new(),
+            fs: FsBackend::Overlayfs,
         }
     }
 }
@@ -415,6 +447,18 @@ impl SandboxConfig {
         }
         if !self.egress_allow.is_empty() && self.network != Network::Egress {
             return Err(ConfigError::AllowWithoutEgress);
+        }
+        if self.fs == FsBackend::Btrfs {
+            if self.image == Image::Host {
+                return Err(ConfigError::BtrfsUnsupported {
+                    reason: "needs an image (--image REF or DIR), not the host's system directories",
+                });
+            }
+            if self.limits.disk_bytes.is_some() {
+                return Err(ConfigError::BtrfsUnsupported {
+                    reason: "and --disk cannot be combined (use a btrfs quota on the state root)",
+                });
+            }
         }
         if let Some(group) = &self.group {
             validate_name(group)?;

@@ -31,7 +31,7 @@ pub mod security;
 pub mod sys;
 
 pub use client::{load_env, CallError, Env, LoadOptions, Pool};
-pub use config::{EnvKind, Image, Limits, Network, RunOptions, SandboxConfig, ServeConfig, Volume};
+pub use config::{EnvKind, FsBackend, Image, Limits, Network, RunOptions, SandboxConfig, ServeConfig, Volume};
 pub use error::{Error, Result};
 pub use sandbox::reclaim::{collect as collect_garbage, Report as GcReport};
 pub use sandbox::{list, Chunk, Output, Sandbox, SandboxInfo};

@@ -90,6 +90,9 @@ pub struct AgentConfig {
     /// they live in the state directory.
     #[serde(default)]
     pub disk_bytes: Option<u64>,
+    /// How the root is made (btrfs: the host made `gen/0/root`, a snapshot).
+    #[serde(default)]
+    pub fs: crate::config::FsBackend,
     /// The seccomp filter of the shell, the env worker and the env server.
     #[serde(default)]
     pub seccomp: crate::security::seccomp::SeccompPolicy,
@@ -765,6 +768,8 @@ impl Manager {
             // The last reference to the old overlay goes here, not on the
             // reset's path: its teardown costs one eviction per file.
             drop(old_root);
+            // A btrfs generation is a subvolume: one ioctl deletes it all.
+            crate::fs::btrfs::destroy_root(std::path::Path::new(&old_dir));
             let _ = std::fs::remove_dir_all(old_dir);
         });
     }

@@ -142,6 +142,11 @@ pub fn setup(cfg: &AgentConfig) -> Result<HostHandles> {
     mounts::ensure_dir(&rootfs)?;
     // With --disk, the upper layers live on a tmpfs of that size, held
     // only by the overlays (a detached mount: nothing to clean up).
+    if cfg.fs == crate::config::FsBackend::Btrfs {
+        let snap = format!("{}/root", gen_dir(&handles, &cfg.generation));
+        mounts::bind(&snap, &rootfs)?;
+        mounts::restrict_bind(&rootfs, false)?;
+    }
     let disk = match cfg.disk_bytes {
         Some(size) => Some(overlay::detached_tmpfs(size)?),
         None => None,
@@ -156,7 +161,9 @@ pub fn setup(cfg: &AgentConfig) -> Result<HostHandles> {
     if disk.is_some() {
         make_layer_dirs(&base, cfg.overlays.len())?;
     }
-    mount_overlays(cfg, &handles, &rootfs, &base)?;
+    if cfg.fs != crate::config::FsBackend::Btrfs {
+        mount_overlays(cfg, &handles, &rootfs, &base)?;
+    }
     drop(disk);
     // Step 5: volumes. The target is resolved inside the new root with
     // openat2(RESOLVE_IN_ROOT), so an image symlink cannot point the bind

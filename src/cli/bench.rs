@@ -24,6 +24,9 @@ pub struct Args {
     /// Network of the sandboxes: none (a private namespace) or host.
     #[arg(long, default_value = "none")]
     net: envbox::Network,
+    /// How the writable root is made: overlayfs, or btrfs (the state root must be on btrfs).
+    #[arg(long, default_value = "overlayfs")]
+    fs: envbox::FsBackend,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -56,6 +59,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         root: root.to_path_buf(),
         throughput_secs: a.throughput_secs.clamp(0.1, 600.0),
         network: a.net,
+        fs: a.fs,
     };
     let r = bench::run(&opts)?;
     if a.json {

@@ -41,6 +41,9 @@ pub struct Args {
     /// the host's NAT, limited by --allow).
     #[arg(long, default_value = "none")]
     net: Network,
+    /// How the writable root is made: overlayfs, or btrfs (the state root must be on btrfs).
+    #[arg(long, default_value = "overlayfs")]
+    fs: envbox::FsBackend,
     /// --net egress: an allowed destination, CIDR[:PORT[-PORT]] (repeatable; none = all).
     #[arg(long = "allow")]
     allow: Vec<envbox::net::AllowRule>,
@@ -160,6 +163,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
             limits: Limits { memory_bytes: a.mem_limit, cpu_millis: a.cpus, pids: a.pids, disk_bytes: a.disk },
             network: a.net,
             egress_allow: a.allow.clone(),
+            fs: a.fs,
             root: root.to_path_buf(),
             detached: true,
             serve: Some(ServeConfig {

@@ -4,6 +4,7 @@
 //! These functions run inside the sandbox's fresh mount namespace (in the
 //! agent), except `rootfs`, which prepares host-side directories.
 
+pub mod btrfs;
 pub mod mounts;
 pub mod overlay;
 pub mod pivot;
@@ -17,6 +18,13 @@ pub type Result<T> = std::result::Result<T, FsError>;
 /// A filesystem setup step that failed, with its arguments.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
+    #[error("btrfs: {step} at {path} failed")]
+    Btrfs {
+        path: String,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("image {image} must be resolved through the image store first")]
     Unresolved { image: String },
     #[error("mount {fstype} on {target} (options {options:?}) failed")]

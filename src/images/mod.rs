@@ -126,7 +126,10 @@ pub fn remove(root: &Path, spec: &str) -> Result<envbox_rootfs::GcReport> {
 pub fn gc(root: &Path) -> Result<envbox_rootfs::GcReport> {
     let keep = snapshot::collect(root)?;
     let keep: Vec<envbox_rootfs::Digest> = keep.iter().filter_map(|id| id.parse().ok()).collect();
-    store(root)?.gc(&keep).map_err(|e| image_error("collecting unused layers", &e))
+    let report = store(root)?.gc(&keep).map_err(|e| image_error("collecting unused layers", &e))?;
+    // btrfs bases of images whose layers just went.
+    crate::fs::btrfs::collect(root);
+    Ok(report)
 }
 
 /// Every tagged image of the store.

@@ -177,6 +177,19 @@ pub fn list(root: &Path) -> Vec<(Snapshot, Vec<String>)> {
 /// Removes every snapshot that no tag names and no sandbox stands on, and
 /// returns the store images the remaining ones need.
 pub fn collect(root: &Path) -> Result<Vec<String>> {
+    // A snapshot that only a removable one stands on becomes removable in
+    // turn: repeat until a pass removes nothing.
+    loop {
+        let (keep, removed) = collect_pass(root)?;
+        if removed == 0 {
+            return Ok(keep);
+        }
+    }
+}
+
+/// One pass of [`collect`]: what to keep, and how many were removed.
+fn collect_pass(root: &Path) -> Result<(Vec<String>, usize)> {
+    let mut removed = 0;
     let tagged: Vec<String> = fs::read_dir(dir(root).join("tags"))
         .map(|d| d.flatten().filter_map(|e| fs::read_to_string(e.path()).ok()).map(|s| s.trim().to_string()).collect())
         .unwrap_or_default();
@@ -195,11 +208,11 @@ pub fn collect(root: &Path) -> Result<Vec<String>> {
         let needed = list_layers(root).iter().any(|(other, layers)| other != &id && layers.iter().any(|l| l.starts_with(e.path())));
         if in_use || needed {
             keep.extend(snap.and_then(|s| s.image_id));
-        } else {
-            let _ = fs::remove_dir_all(e.path());
+        } else if fs::remove_dir_all(e.path()).is_ok() {
+            removed += 1;
         }
     }
-    Ok(keep)
+    Ok((keep, removed))
 }
 
 fn list_layers(root: &Path) -> Vec<(String, Vec<PathBuf>)> {

@@ -147,6 +147,26 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         }
         other => (rootfs::plan(other, &root).map_err(|e| fail(&mut undo, e.into()))?, None),
     };
+    // --fs btrfs: the image flattened once into a base subvolume; the
+    // sandbox's root is a snapshot of it (the state records the base as
+    // the only "lower", for resets).
+    let overlays = if config.fs == crate::config::FsBackend::Btrfs {
+        if !crate::fs::btrfs::is_btrfs(&root) {
+            return Err(fail(
+                &mut undo,
+                crate::config::ConfigError::BtrfsUnsupported {
+                    reason: "needs the state root on a btrfs filesystem (set --root or ENVBOX_ROOT)",
+                }
+                .into(),
+            ));
+        }
+        let layers: Vec<PathBuf> = overlays[0].lowers.iter().rev().cloned().collect();
+        let base = crate::fs::btrfs::base(&root, &layers).map_err(|e| fail(&mut undo, e.into()))?;
+        crate::fs::btrfs::snapshot(&base, &dir.join("gen").join("0")).map_err(|e| fail(&mut undo, e.into()))?;
+        vec![rootfs::OverlaySpec { target: "/".into(), lowers: vec![base] }]
+    } else {
+        overlays
+    };
     // The image's config under the caller's: its environment first (the
     // caller's variables win), its working directory unless one is given.
     let mut env = image.as_ref().map(|i| i.env.clone()).unwrap_or_default();
@@ -263,6 +283,7 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         generation: "0".into(),
         serve: config.serve.clone(),
         disk_bytes: config.limits.disk_bytes,
+        fs: config.fs,
         seccomp,
     };
     proto::write_frame(&mut control, proto::kind::EXEC, &proto::json(&agent_cfg))

@@ -50,7 +50,13 @@ pub(super) fn remove_leftovers(root: &Path, dir: &Path, st: Option<&State>, wait
             first_err = Some(e);
         }
     }
+    let btrfs = st.is_some_and(|s| s.config.fs == crate::config::FsBackend::Btrfs);
     match state::move_to_trash(root, dir) {
+        // Subvolumes go with one ioctl each, not file by file.
+        Ok(trash) if btrfs => {
+            crate::fs::btrfs::destroy_generations(&trash);
+            let _ = std::fs::remove_dir_all(trash);
+        }
         Ok(trash) if wait == Wait::Sync => {
             let _ = std::fs::remove_dir_all(trash);
         }

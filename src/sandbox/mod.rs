@@ -226,6 +226,24 @@ impl Sandbox {
         // mounts; the agent swaps them in and deletes the old layers in the
         // background, so the cost does not grow with what the sandbox wrote.
         let generation = crate::agent::shell::new_nonce()[..16].to_string();
+        if self.state.config.fs == crate::config::FsBackend::Btrfs {
+            // A fresh snapshot of the base subvolume, handed over as a
+            // detached bind mount; the agent destroys the old one.
+            let gen_dir = self.dir.join("gen").join(&generation);
+            let made = crate::fs::btrfs::snapshot(&self.state.overlays[0].lowers[0], &gen_dir).map_err(Error::from).and_then(|root| {
+                sys::newmount::clone_tree(&root.display().to_string()).map_err(|source| Error::Io {
+                    step: "cloning the new root",
+                    name: self.name.clone(),
+                    source,
+                })
+            });
+            let result = made.and_then(|tree| self.with_conn(|c| c.reset(&generation, &[tree], leases)));
+            if result.is_err() {
+                crate::fs::btrfs::destroy_root(&gen_dir);
+                let _ = std::fs::remove_dir_all(&gen_dir);
+            }
+            return result.map(|_| generation);
+        }
         let io = |source| Error::Io { step: "preparing the next upper layer", name: self.name.clone(), source };
         // With --disk, a fresh tmpfs per generation: the old one goes with
         // the old overlay, so a full layer is freed by the reset itself.

@@ -27,6 +27,9 @@ impl Sandbox {
         if st.overlays.len() != 1 {
             return Err(refuse(&self.name, "snapshots need an image with one layer stack (--image REF or DIR), not the host's system"));
         }
+        if st.config.fs == crate::config::FsBackend::Btrfs {
+            return Err(refuse(&self.name, "it runs on --fs btrfs; snapshots are made of overlayfs upper layers"));
+        }
         if st.config.limits.disk_bytes.is_some() {
             return Err(refuse(&self.name, "its upper layer is a --disk tmpfs, which cannot become an image layer"));
         }

@@ -5,6 +5,7 @@
 //! the clone-then-exec child) and returns `std::io::Result` / `nix::Result`, so
 //! callers name the step that failed in their own error types.
 
+pub mod btrfs;
 pub mod openat2;
 
 use std::ffi::CString;
@@ -426,6 +427,45 @@ pub mod newmount {
         fsconfig(fd, FSCONFIG_CMD_CREATE, None, None)?;
         // SAFETY: plain syscall on an fd we borrow.
         fd_result(unsafe { libc::syscall(libc::SYS_fsmount, fd.as_raw_fd(), FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV) })
+    }
+
+    /// `open_tree(path, OPEN_TREE_CLONE)`: a detached copy of the mount
+    /// tree at `path` (a bind mount not attached anywhere), then made
+    /// nosuid and nodev with `mount_setattr`.
+    pub fn clone_tree(path: &str) -> io::Result<OwnedFd> {
+        const OPEN_TREE_CLONE: libc::c_uint = 1;
+        const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+        /// `struct mount_attr`.
+        #[repr(C)]
+        struct MountAttr {
+            attr_set: u64,
+            attr_clr: u64,
+            propagation: u64,
+            userns_fd: u64,
+        }
+        let path = cstring(path)?;
+        // SAFETY: plain syscall; `path` is a NUL-terminated string that
+        // outlives it.
+        let tree =
+            fd_result(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC) })?;
+        let attr = MountAttr { attr_set: u64::from(MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV), attr_clr: 0, propagation: 0, userns_fd: 0 };
+        let empty = c"";
+        // SAFETY: plain syscall on the fd we own; `attr` and `empty` live
+        // for the call and the size passed is the struct's.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(tree)
     }
 
     /// `move_mount(mount_fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`:
