@@ -210,6 +210,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 (resp.code.unwrap_or(0), resp.version.unwrap_or(1), collect_headers(resp.headers))
             };
             self.buf.drain(..end);
+            if status < 100 {
+                return Err(HttpError::bad(502, format!("invalid response status {status}")));
+            }
             if (100..200).contains(&status) {
                 continue; // an interim response: the real one follows
             }
@@ -239,14 +242,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 let rest = self.buf.split_off(n);
                 Ok(std::mem::replace(&mut self.buf, rest))
             }
-            Framing::Close => {
-                while self.fill(self.limits.read).await? > 0 {
-                    if self.buf.len() as u64 > max {
-                        return Err(too_big(self.buf.len() as u64));
-                    }
+            Framing::Close => loop {
+                // Checked before every read: bytes that came with the head
+                // count too.
+                if self.buf.len() as u64 > max {
+                    return Err(too_big(self.buf.len() as u64));
                 }
-                Ok(std::mem::take(&mut self.buf))
-            }
+                if self.fill(self.limits.read).await? == 0 {
+                    return Ok(std::mem::take(&mut self.buf));
+                }
+            },
             Framing::Chunked => {
                 let mut body = Vec::new();
                 loop {
@@ -376,6 +381,11 @@ fn collect_headers(raw: &[httparse::Header<'_>]) -> Vec<Header> {
 }
 
 fn is_chunked(headers: &[Header]) -> Result<bool, HttpError> {
+    // Several transfer-encoding headers are read differently by different
+    // parsers (request smuggling): refuse them.
+    if headers.iter().filter(|(n, _)| n == "transfer-encoding").count() > 1 {
+        return Err(HttpError::bad(400, "more than one transfer-encoding header"));
+    }
     let Some(te) = find_header(headers, "transfer-encoding") else { return Ok(false) };
     let te = String::from_utf8_lossy(te).to_ascii_lowercase();
     match te.trim() {
@@ -504,6 +514,7 @@ mod tests {
             (b"NOT A REQUEST\r\n\r\n", 400),
             (b"POST /call HTTP/1.1\r\nContent-Length: 10\r\n\r\nshort", 400),
             (b"GET / HTTP/1.1\r\nHost: x", 400),
+            (b"POST /call HTTP/1.1\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
         ];
         for (raw, status) in cases {
             let out = rt().block_on(parse(raw));
@@ -516,6 +527,23 @@ mod tests {
         huge.extend(std::iter::repeat(b'a').take(MAX_HEAD + 10));
         let out = rt().block_on(parse(&huge));
         assert!(matches!(out.last().unwrap(), Err(HttpError::Bad { status: 431, .. })));
+    }
+
+    #[test]
+    fn close_delimited_bodies_keep_the_limit_and_statuses_start_at_100() {
+        // Found by fuzz/http_response: bytes that came with the head were
+        // not counted against the limit.
+        rt().block_on(async {
+            let (mut a, b) = tokio::io::duplex(1 << 16);
+            a.write_all(b"HTTP/1.1 200 OK\r\n\r\n0123456789").await.unwrap();
+            drop(a);
+            let mut conn = Conn::new(b, Limits { max_body: 4, ..limits() });
+            assert!(matches!(conn.read_response("GET").await, Err(HttpError::Bad { status: 413, .. })));
+            let (mut a, b) = tokio::io::duplex(1 << 16);
+            a.write_all(b"HTTP/1.1 050 Odd\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+            let mut conn = Conn::new(b, limits());
+            assert!(matches!(conn.read_response("GET").await, Err(HttpError::Bad { status: 502, .. })));
+        });
     }
 
     #[test]

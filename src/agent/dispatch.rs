@@ -367,9 +367,10 @@ pub fn restful_call(method: &str, body: &[u8]) -> Result<Call, Reply> {
 fn make_call(method: String, args: &Value, kwargs: &Value) -> Call {
     let timeout = match kwargs.get("timeout") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or(()),
+        Some(Value::Number(n)) => n.as_f64().filter(|f| !f.is_nan()).map(Some).ok_or(()),
         Some(Value::Bool(b)) => Ok(Some(if *b { 1.0 } else { 0.0 })),
-        Some(Value::String(s)) => python_float(s).map(Some).ok_or(()),
+        // NaN is refused: no deadline can be made of it.
+        Some(Value::String(s)) => python_float(s).filter(|f| !f.is_nan()).map(Some).ok_or(()),
         Some(_) => Err(()),
     };
     let raw = |v: &Value| serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default());
@@ -381,9 +382,10 @@ fn make_call(method: String, args: &Value, kwargs: &Value) -> Call {
 fn python_float(s: &str) -> Option<f64> {
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
-    let unsigned = lower.trim_start_matches(['+', '-']);
+    // One sign at most; Rust parses inf, infinity and nan with it.
+    let unsigned = lower.strip_prefix(['+', '-']).unwrap_or(&lower);
     if matches!(unsigned, "inf" | "infinity" | "nan") {
-        return lower.parse::<f64>().ok().or(Some(if lower.starts_with('-') { f64::NEG_INFINITY } else { f64::INFINITY }));
+        return lower.parse::<f64>().ok();
     }
     if t.contains("__") || t.starts_with('_') || t.ends_with('_') {
         return None;
@@ -505,9 +507,27 @@ mod tests {
         assert_eq!(t(r#"{"timeout":"1_000"}"#), Ok(Some(1000.0)));
         assert_eq!(t(r#"{"timeout":null}"#), Ok(None));
         assert_eq!(t(r#"{"timeout":"soon"}"#), Err(()));
+        // Found by fuzz/call_body: NaN made Duration::from_secs_f64 panic;
+        // Python's float() takes one sign at most.
+        for bad in [r#""nan""#, r#""NaN""#, r#""-nan""#, r#""+-inf""#, r#""--nan""#, r#""++1""#] {
+            assert_eq!(t(&format!(r#"{{"timeout":{bad}}}"#)), Err(()), "{bad}");
+        }
+        assert_eq!(t(r#"{"timeout":"-inf"}"#), Ok(Some(f64::NEG_INFINITY)));
+        assert_eq!(t(r#"{"timeout":"+Infinity"}"#), Ok(Some(f64::INFINITY)));
         assert_eq!(t(r#"{"timeout":[1]}"#), Err(()));
         assert_eq!(py_float(60.0), "60.0");
         assert_eq!(py_float(0.5), "0.5");
+    }
+
+    #[test]
+    fn numbers_reach_the_environment_exactly() {
+        // Found by fuzz/call_body: parsing and writing numbers back lost
+        // digits (Python writes the shortest repr; big ints are exact).
+        let body =
+            br#"{"method":"m","args":[2.7777777677777778e29,-3000000000000000000000000000000000000000000000000000001],"kwargs":{"x":0.1}}"#;
+        let c = parse_call(body).ok().unwrap();
+        assert_eq!(c.args.get().replace("e+", "e"), "[2.7777777677777778e29,-3000000000000000000000000000000000000000000000000000001]");
+        assert_eq!(c.kwargs.get(), r#"{"x":0.1}"#);
     }
 
     #[test]

@@ -104,14 +104,23 @@ impl Endpoint {
         if hostport.contains('/') {
             return Err(bad("a base URL with a path is not supported"));
         }
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-            _ => (hostport, 80),
+        // `[v6]:port`, `[v6]`, `host:port` or `host`.
+        let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
+            let (h, after) = rest.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+            match after {
+                "" => (h, 80),
+                p => (h, p.strip_prefix(':').and_then(|p| p.parse::<u16>().ok()).ok_or_else(|| bad("bad port"))?),
+            }
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
+                None => (hostport, 80),
+            }
         };
-        if host.is_empty() {
+        if host.is_empty() || host.contains(['[', ']']) {
             return Err(bad("no host"));
         }
-        Ok(Endpoint::Tcp { host: host.trim_start_matches('[').trim_end_matches(']').to_string(), port })
+        Ok(Endpoint::Tcp { host: host.to_string(), port })
     }
 }
 
@@ -428,7 +437,10 @@ mod tests {
         assert_eq!(Endpoint::parse("http://localhost").unwrap(), Endpoint::Tcp { host: "localhost".into(), port: 80 });
         assert_eq!(Endpoint::parse("http://[::1]:9").unwrap(), Endpoint::Tcp { host: "::1".into(), port: 9 });
         assert_eq!(Endpoint::parse("unix:/run/x.sock").unwrap(), Endpoint::Unix("/run/x.sock".into()));
-        for bad in ["https://x", "http://:80", "http://x:port", "http://x/a/b", "ftp://x"] {
+        assert_eq!(Endpoint::parse("http://[::1]").unwrap(), Endpoint::Tcp { host: "::1".into(), port: 80 });
+        for bad in
+            ["https://x", "http://:80", "http://x:port", "http://x/a/b", "ftp://x", "http://[", "http://[:99", "http://[[[", "http://[]:1"]
+        {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
     }
