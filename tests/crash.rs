@@ -200,3 +200,23 @@ fn kill_9_of_the_shell_and_of_the_environment_worker() {
     drop(sb);
     root.assert_clean();
 }
+
+#[test]
+fn a_dead_claimers_half_made_directory_is_collected_at_once() {
+    require_root!("a_dead_claimers_half_made_directory_is_collected_at_once");
+    let root = TestRoot::new("crash-claim");
+    // A claimer that died (no such pid) and one that lives (this process).
+    let me = std::process::id();
+    let start = envbox::sandbox::state::process_start_time(i32::try_from(me).unwrap()).unwrap();
+    let dead = root.path.join(".claiming-999999999-1-abc");
+    let live = root.path.join(format!(".claiming-{me}-{start}-def"));
+    for d in [&dead, &live] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("lock"), b"").unwrap();
+    }
+    envbox::collect_garbage(&root.path).unwrap();
+    assert!(!dead.exists(), "a dead claimer's directory must go at once");
+    assert!(live.exists(), "a live claimer's directory must stay");
+    std::fs::remove_dir_all(&live).unwrap();
+    root.assert_clean();
+}

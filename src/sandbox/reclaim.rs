@@ -49,11 +49,25 @@ pub fn collect(root: &Path) -> Result<Report> {
             }
             continue;
         }
-        if name.starts_with(CLAIMING_PREFIX) {
+        if let Some(rest) = name.strip_prefix(CLAIMING_PREFIX) {
             // Left by a create that died between mkdir and rename (it holds
-            // nothing but a lock file); a young one may be in flight.
-            let old = std::fs::symlink_metadata(&path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-            if old.is_some_and(|age| age > std::time::Duration::from_secs(60)) && matches!(state::try_lock(&path), Ok(Some(_))) {
+            // nothing but a lock file). The name says who claimed it: gone
+            // only when that process is (same pid, same start time), or,
+            // for names without it, when it is a minute old.
+            let mut parts = rest.splitn(3, '-');
+            let owner = match (parts.next().and_then(|p| p.parse::<i32>().ok()), parts.next().and_then(|s| s.parse::<u64>().ok())) {
+                (Some(pid), Some(start)) if parts.next().is_some() => Some((pid, start)),
+                _ => None,
+            };
+            let dead = match owner {
+                Some((pid, start)) => state::process_start_time(pid) != Some(start),
+                None => std::fs::symlink_metadata(&path)
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(60)),
+            };
+            if dead && matches!(state::try_lock(&path), Ok(Some(_))) {
                 let _ = std::fs::remove_dir_all(&path);
             }
             continue;

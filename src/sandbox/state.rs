@@ -115,7 +115,11 @@ pub fn claim_dir(root: &Path, name: &str) -> io::Result<Option<(PathBuf, File)>>
     // `.creating-…` right away, a collector running in another thread
     // between mkdir and flock found the lock free, took the directory for
     // a crashed create and removed it under us (create failed with ENOENT).
-    let staging = root.join(format!("{CLAIMING_PREFIX}{nonce}"));
+    // Named after the claiming process (pid and start time), so the
+    // collector can tell a dead claimer's leftover from one in flight.
+    let me = std::process::id();
+    let started = i32::try_from(me).ok().and_then(process_start_time).unwrap_or(0);
+    let staging = root.join(format!("{CLAIMING_PREFIX}{me}-{started}-{nonce}"));
     fs::DirBuilder::new().mode(0o700).create(&staging)?;
     let lock = open_lock(&staging).and_then(|l| sys::flock(l.as_fd(), libc::LOCK_EX).map(|()| l));
     let tmp = root.join(format!("{CREATING_PREFIX}{name}-{nonce}"));
