@@ -367,8 +367,8 @@ impl ServeConfig {
         if !self.app_dir.starts_with('/') || self.app_dir.contains('\0') {
             return bad("the app directory must be an absolute path inside the sandbox");
         }
-        if self.max_body < 1024 {
-            return bad("the request body limit must be at least 1 KiB");
+        if self.max_body < 1024 || self.max_body > 1 << 30 {
+            return bad("the request body limit must be between 1 KiB and 1 GiB");
         }
         if self.upstream_port == 0 {
             return bad("the upstream port must not be 0");

@@ -148,6 +148,21 @@ table ip envbox {
     chain forward {
         type filter hook forward priority filter; policy accept;
         iifname "veb*" oifname "veb*" drop
+        oifname "veb*" ct state established,related accept
+        oifname "veb*" drop
+    }
+}
+table ip6 envbox {}
+delete table ip6 envbox
+table ip6 envbox {
+    chain input {
+        type filter hook input priority filter; policy accept;
+        iifname "veb*" drop
+    }
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        iifname "veb*" drop
+        oifname "veb*" drop
     }
 }
 "#;

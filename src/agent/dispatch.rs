@@ -113,6 +113,9 @@ impl Dispatcher {
                 Err(_) => return,
             };
             let keep_alive = req.keep_alive;
+            // A HEAD answer has no body: a kept-alive client would read it
+            // as the start of the next response.
+            let head_only = req.method == "HEAD";
             let reply = match &self.backend {
                 Backend::Function(w) => self.route(w, req, &mut conn).await,
                 Backend::Http(up) => match proxy(up, &req, self.limits()).await {
@@ -137,7 +140,8 @@ impl Dispatcher {
             if let Some(kind) = reply.error {
                 headers.push(("x-envbox-error", kind));
             }
-            if conn.write_response(reply.status, &headers, &reply.body, keep_alive).await.is_err() || !keep_alive {
+            let body: &[u8] = if head_only { &[] } else { &reply.body };
+            if conn.write_response(reply.status, &headers, body, keep_alive).await.is_err() || !keep_alive {
                 return;
             }
         }

@@ -335,12 +335,21 @@ impl Worker {
         } else {
             format!("environment process died ({how}); it was restarted")
         };
-        self.fail_inflight(&message, oom);
-        if matches!(self.status(), Status::Starting) {
-            // It never loaded: report that, and do not loop on restarts.
-            let msg = format!("the environment process exited before loading env.py ({how}); its output is in `envbox logs`");
-            self.set_status(Status::Failed(Rc::new(error_body(&msg, "LoadError", &msg))));
+        // A reset may have started a fresh worker during the wait above.
+        if self.epoch.get() != epoch {
             return;
+        }
+        self.fail_inflight(&message, oom);
+        match self.status() {
+            // It never loaded: report that, and do not loop on restarts.
+            Status::Starting => {
+                let msg = format!("the environment process exited before loading env.py ({how}); its output is in `envbox logs`");
+                self.set_status(Status::Failed(Rc::new(error_body(&msg, "LoadError", &msg))));
+                return;
+            }
+            // env.py failed to load (reported): a restart would fail the same way.
+            Status::Failed(_) => return,
+            _ => {}
         }
         let (since, n) = self.crashes.get();
         let n = if since.elapsed() > CRASH_WINDOW { 1 } else { n + 1 };

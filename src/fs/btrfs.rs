@@ -55,8 +55,12 @@ pub fn base(root: &Path, layers: &[PathBuf]) -> Result<PathBuf> {
     let dir_fd = File::open(&dir).map_err(io_error(&dir, "opening the btrfs image directory"))?;
     let tmp_name = format!(".tmp-{key}-{}", std::process::id());
     let tmp = dir.join(&tmp_name);
-    if tmp.exists() {
-        let _ = sys::btrfs::subvol_destroy(dir_fd.as_fd(), &cname(&tmp_name));
+    // Under the key's lock, any temporary of this key is a dead builder's.
+    for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!(".tmp-{key}-")) {
+            let _ = sys::btrfs::subvol_destroy(dir_fd.as_fd(), &cname(&name));
+        }
     }
     if base.exists() {
         // A half-made one of a builder that died before marking it done.
@@ -68,7 +72,10 @@ pub fn base(root: &Path, layers: &[PathBuf]) -> Result<PathBuf> {
         let _ = sys::btrfs::subvol_destroy(dir_fd.as_fd(), &cname(&tmp_name));
         return Err(e);
     }
-    fs::rename(&tmp, &base).map_err(io_error(&base, "publishing the base subvolume"))?;
+    if let Err(e) = fs::rename(&tmp, &base) {
+        let _ = sys::btrfs::subvol_destroy(dir_fd.as_fd(), &cname(&tmp_name));
+        return Err(io_error(&base, "publishing the base subvolume")(e));
+    }
     // The marker lists the layers, so `collect` knows when they are gone.
     let listed: Vec<String> = layers.iter().map(|l| l.display().to_string()).collect();
     fs::write(&done, listed.join("\n")).map_err(io_error(&done, "marking the base subvolume done"))?;

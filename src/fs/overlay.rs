@@ -33,7 +33,9 @@ pub fn mount_overlay(target: &str, lowers: &[String], upper: &str, work: &str) -
 pub fn detached_overlay(lowers: &[String], upper: &str, work: &str) -> Result<std::os::fd::OwnedFd> {
     use crate::sys::newmount;
     use std::os::fd::AsFd;
-    let opts = options(lowers, upper, work)?;
+    // For error messages only: the layers go to the kernel by fd below, so
+    // the mount(2) option length limit does not apply.
+    let opts = format!("lowerdir={},upperdir={upper},workdir={work}", lowers.join(":"));
     let err = |source| FsError::Mount { fstype: "overlay".into(), target: "(detached)".into(), options: opts.clone(), source };
     // fsconfig takes strings of at most 256 bytes: name every layer by a
     // short /proc/self/fd path of an O_PATH handle, and add the lowers one

@@ -16,6 +16,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -84,38 +85,78 @@ impl Snapshot {
 
 /// A shared flock on the snapshot's lease file.
 pub fn lease(root: &Path, id: &str) -> Result<OwnedFd> {
-    let f = File::open(Snapshot::path(root, id).join("lease")).map_err(io("opening a snapshot's lease"))?;
+    let path = Snapshot::path(root, id);
+    let f = File::open(path.join("lease")).map_err(io("opening a snapshot's lease"))?;
     crate::sys::flock(f.as_fd(), libc::LOCK_SH).map_err(io("taking a snapshot's lease"))?;
+    // The collector deletes a snapshot only while it holds the lease
+    // exclusively; one it deleted between our open and our flock has no
+    // snapshot.json any more.
+    if !path.join("snapshot.json").is_file() {
+        return Err(Error::Image { spec: id.to_string(), message: "the snapshot was removed".into() });
+    }
     Ok(OwnedFd::from(f))
 }
 
 /// The snapshot a tag names, if it names one.
 pub fn find(root: &Path, tag: &str) -> Result<Option<Snapshot>> {
     let Ok(id) = fs::read_to_string(tag_file(root, tag)) else { return Ok(None) };
-    Ok(Snapshot::read(root, id.trim()))
+    // A tag whose snapshot cannot be read must not fall through to a
+    // registry image of the same name.
+    Snapshot::read(root, id.trim())
+        .map(Some)
+        .ok_or_else(|| Error::Image { spec: tag.to_string(), message: format!("it names snapshot {} which cannot be read", id.trim()) })
 }
 
 /// Freezes `upper` (a sandbox's current upper directory, on the state
 /// root's filesystem) into a new snapshot over `below` (bottom to top).
 /// Returns the snapshot and a lease on it.
 pub fn freeze(root: &Path, upper: &Path, mut snap: Snapshot, tag: Option<&str>) -> Result<(Snapshot, OwnedFd)> {
+    // Built under a dot-name with its lease held from the start, then
+    // published by rename: the collector never sees a half-made snapshot
+    // without a lease (it would take the sandbox's live upper layer along).
     let path = Snapshot::path(root, &snap.id);
-    fs::create_dir_all(dir(root).join("tags")).map_err(io("creating the snapshot directory"))?;
-    fs::create_dir(&path).map_err(io("creating the snapshot directory"))?;
-    OpenOptions::new().create(true).write(true).truncate(false).open(path.join("lease")).map_err(io("creating a snapshot's lease"))?;
-    let layer = path.join("layer");
+    let staging = dir(root).join(format!(".new-{}", snap.id));
+    let private = |p: &Path| fs::DirBuilder::new().recursive(true).mode(0o700).create(p);
+    private(&dir(root).join("tags")).map_err(io("creating the snapshot directory"))?;
+    private(&staging).map_err(io("creating the snapshot directory"))?;
+    let lease = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(staging.join("lease"))
+        .and_then(|f| crate::sys::flock(f.as_fd(), libc::LOCK_SH).map(|()| OwnedFd::from(f)));
+    let lease = match lease {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(io("creating a snapshot's lease")(e));
+        }
+    };
     // The one step that "copies" the sandbox's files: a rename.
-    fs::rename(upper, &layer).map_err(|e| {
+    if let Err(e) = fs::rename(upper, staging.join("layer")) {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(io("moving the upper layer into the snapshot")(e));
+    }
+    snap.layers.push(path.join("layer"));
+    let published = (|| -> std::io::Result<()> {
+        let tmp = staging.join(".snapshot.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(&snap).unwrap_or_default())?;
+        fs::rename(&tmp, staging.join("snapshot.json"))?;
+        fs::rename(&staging, &path)
+    })();
+    if let Err(e) = published {
+        // Give the sandbox its upper layer back, wherever it is now.
+        let _ = fs::rename(staging.join("layer"), upper).or_else(|_| fs::rename(path.join("layer"), upper));
+        let _ = fs::remove_dir_all(&staging);
         let _ = fs::remove_dir_all(&path);
-        io("moving the upper layer into the snapshot")(e)
-    })?;
-    snap.layers.push(layer);
-    let tmp = path.join(".snapshot.json.tmp");
-    fs::write(&tmp, serde_json::to_vec_pretty(&snap).unwrap_or_default()).map_err(io("writing snapshot.json"))?;
-    fs::rename(&tmp, path.join("snapshot.json")).map_err(io("writing snapshot.json"))?;
-    let lease = lease(root, &snap.id)?;
+        return Err(io("writing snapshot.json")(e));
+    }
     if let Some(tag) = tag {
-        set_tag(root, tag, &snap.id)?;
+        if let Err(e) = set_tag(root, tag, &snap.id) {
+            thaw(root, &snap.id, upper, Some(tag));
+            return Err(e);
+        }
     }
     Ok((snap, lease))
 }
@@ -136,7 +177,7 @@ pub fn thaw(root: &Path, id: &str, upper: &Path, tag: Option<&str>) {
 /// Points `tag` at snapshot `id` (atomically; an old target loses the tag).
 pub fn set_tag(root: &Path, tag: &str, id: &str) -> Result<()> {
     let file = tag_file(root, tag);
-    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = dir(root).join("tags").join(format!(".tmp-{}-{}", std::process::id(), &crate::agent::shell::new_nonce()[..8]));
     fs::write(&tmp, id).map_err(io("writing a snapshot tag"))?;
     fs::rename(&tmp, &file).map_err(io("writing a snapshot tag"))
 }
@@ -155,6 +196,7 @@ pub fn list(root: &Path) -> Vec<(Snapshot, Vec<String>)> {
     let tags: Vec<(String, String)> = fs::read_dir(dir(root).join("tags"))
         .map(|d| {
             d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
                 .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), fs::read_to_string(e.path()).ok()?.trim().to_string())))
                 .collect()
         })
@@ -191,26 +233,47 @@ pub fn collect(root: &Path) -> Result<Vec<String>> {
 fn collect_pass(root: &Path) -> Result<(Vec<String>, usize)> {
     let mut removed = 0;
     let tagged: Vec<String> = fs::read_dir(dir(root).join("tags"))
-        .map(|d| d.flatten().filter_map(|e| fs::read_to_string(e.path()).ok()).map(|s| s.trim().to_string()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .filter_map(|e| fs::read_to_string(e.path()).ok())
+                .map(|s| s.trim().to_string())
+                .collect()
+        })
         .unwrap_or_default();
+    let layers = list_layers(root);
     let mut keep = Vec::new();
     for e in fs::read_dir(dir(root)).into_iter().flatten().flatten() {
         let id = e.file_name().to_string_lossy().into_owned();
         if id == "tags" {
             continue;
         }
+        // The lease, held exclusively while we decide and delete: nobody
+        // can take it meanwhile, and `lease()` refuses a snapshot whose
+        // directory went.
+        let probe = File::open(e.path().join("lease"));
+        let free = probe.as_ref().is_ok_and(|f| crate::sys::flock(f.as_fd(), libc::LOCK_EX | libc::LOCK_NB).is_ok());
+        if id.starts_with('.') {
+            // Being built (held by its builder), or left by a dead one.
+            if free && fs::remove_dir_all(e.path()).is_ok() {
+                removed += 1;
+            }
+            continue;
+        }
         let snap = Snapshot::read(root, &id);
-        let in_use = tagged.contains(&id)
-            || File::open(e.path().join("lease"))
-                .map(|f| crate::sys::flock(f.as_fd(), libc::LOCK_EX | libc::LOCK_NB).is_err())
-                .unwrap_or(false);
         // A snapshot another snapshot stands on stays with it.
-        let needed = list_layers(root).iter().any(|(other, layers)| other != &id && layers.iter().any(|l| l.starts_with(e.path())));
-        if in_use || needed {
+        let needed = layers
+            .iter()
+            .any(|(other, ls)| other != &id && ls.iter().any(|l| l.parent().and_then(Path::file_name) == Some(std::ffi::OsStr::new(&id))));
+        if tagged.contains(&id) || !free || needed {
             keep.extend(snap.and_then(|s| s.image_id));
-        } else if fs::remove_dir_all(e.path()).is_ok() {
+            continue;
+        }
+        let doomed = dir(root).join(format!(".doomed-{id}"));
+        if fs::rename(e.path(), &doomed).is_ok() && fs::remove_dir_all(&doomed).is_ok() {
             removed += 1;
         }
+        drop(probe);
     }
     Ok((keep, removed))
 }

@@ -207,13 +207,15 @@ impl Sandbox {
     pub fn reset(&self) -> Result<()> {
         // A snapshot left the current root standing on frozen layers; a
         // reset goes back to the create-time layers.
+        self.rotate(&[], &[])?;
+        // Only once the agent stands on the create-time layers again.
         if let Ok(mut st) = State::read(&self.dir) {
             if !st.snapshot_layers.is_empty() {
                 st.snapshot_layers.clear();
                 st.write(&self.dir).map_err(|source| Error::Io { step: "writing state.json", name: self.name.clone(), source })?;
             }
         }
-        self.rotate(&[], &[]).map(|_| ())
+        Ok(())
     }
 
     /// Swaps in a fresh generation: new upper layers over the create-time

@@ -62,17 +62,18 @@ impl Sandbox {
             source: self.name.clone(),
             created: super::state::now_unix(),
         };
-        let (snap, lease) = snapshot::freeze(root, &upper, snap, tag)?;
-        // The sandbox goes on over the frozen layer (and those of earlier
-        // snapshots since its last reset), holding leases on all of them.
-        let mut extra = vec![snap.layers.last().cloned().unwrap_or_default()];
-        extra.extend(st.snapshot_layers.iter().cloned());
-        let mut leases: Vec<OwnedFd> = vec![lease];
+        // Leases on the layers of earlier snapshots since the last reset,
+        // before anything moves: the sandbox goes on over all of them.
+        let mut leases: Vec<OwnedFd> = Vec::new();
         for layer in &st.snapshot_layers {
             if let Some(id) = layer.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()) {
                 leases.push(snapshot::lease(root, &id)?);
             }
         }
+        let (snap, lease) = snapshot::freeze(root, &upper, snap, tag)?;
+        let mut extra = vec![snap.layers.last().cloned().unwrap_or_default()];
+        extra.extend(st.snapshot_layers.iter().cloned());
+        leases.insert(0, lease);
         let borrowed: Vec<_> = leases.iter().map(AsFd::as_fd).collect();
         if let Err(e) = self.rotate(&extra, &borrowed) {
             // The sandbox still runs on its old root: give it its upper
@@ -95,7 +96,11 @@ impl Sandbox {
         let tag = format!("envbox-fork/s{id}:latest");
         self.snapshot(Some(&tag))?;
         let st = State::read(&self.dir).map_err(|source| Error::Io { step: "reading state.json", name: self.name.clone(), source })?;
-        let cfg = SandboxConfig { image: Image::Ref(tag.clone()), group: None, detached, ..st.config.clone() };
+        let mut cfg = SandboxConfig { image: Image::Ref(tag.clone()), group: None, detached, ..st.config.clone() };
+        // The parent holds its published port.
+        if let Some(serve) = cfg.serve.as_mut() {
+            serve.publish = None;
+        }
         let made: Vec<Result<Sandbox>> = std::thread::scope(|s| {
             let tasks: Vec<_> = (0..count)
                 .map(|i| {

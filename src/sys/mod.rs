@@ -329,16 +329,19 @@ pub fn make_next_exec_undumpable() -> io::Result<()> {
 
 /// Registers a hook that runs in the child between fork and exec.
 ///
-/// The agent is single-threaded when it spawns, so the usual hazards of
-/// running code after fork (locks held by other threads) do not apply; the
-/// hooks we pass only make syscalls and small allocations.
+/// The child has one thread, a copy of the caller's; other threads of the
+/// caller (the agent's commit and gc threads, a multi-threaded host
+/// program) are not copied, so a lock one of them held at fork time stays
+/// locked in the child. glibc's fork takes and resets its malloc locks
+/// around the fork, so the small allocations the hooks make are safe; the
+/// hooks take no other lock and touch no shared state.
 pub fn set_pre_exec<F>(cmd: &mut std::process::Command, hook: F)
 where
     F: FnMut() -> io::Result<()> + Send + Sync + 'static,
 {
     use std::os::unix::process::CommandExt;
-    // SAFETY: see above: the hook runs in a forked child of a
-    // single-threaded process and does not touch shared state.
+    // SAFETY: see above: the hook runs in the forked child, allocates
+    // only through glibc's fork-safe malloc and takes no other lock.
     unsafe {
         cmd.pre_exec(hook);
     }
