@@ -10,15 +10,14 @@
 //! process (a figure that does not depend on what else the machine is doing).
 
 use std::fs;
-use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use envbox_rootfs::fixtures::oci::{put_blob, write_image};
-use envbox_rootfs::oci::{ConfigFile, Descriptor, RootFs};
-use envbox_rootfs::{Digest, PullOptions, Reference, Store};
+use envbox_rootfs::fixtures::oci::{put_gzip_layer, write_image};
+use envbox_rootfs::oci::{ConfigFile, RootFs};
+use envbox_rootfs::{PullOptions, Reference, Store};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -167,20 +166,11 @@ fn build_layout(dir: &Path, total_mb: usize, layers: usize) -> (u64, u64) {
             n += 1;
         }
         let tar = b.into_inner().unwrap();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&tar).unwrap();
-        let gz = gz.finish().unwrap();
+        let (desc, diff_id) = put_gzip_layer(dir, &tar);
         tar_total += tar.len() as u64;
-        gz_total += gz.len() as u64;
-        diff_ids.push(Digest::of(&tar));
-        let d = put_blob(dir, &gz);
-        descs.push(Descriptor {
-            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            digest: d,
-            size: gz.len() as u64,
-            platform: None,
-            annotations: None,
-        });
+        gz_total += desc.size;
+        descs.push(desc);
+        diff_ids.push(diff_id);
     }
     let config = ConfigFile {
         architecture: "amd64".into(),

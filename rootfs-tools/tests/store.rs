@@ -3,13 +3,12 @@
 //! tampering (U9) and bombs (U8) leaving nothing behind, remove and gc.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use envbox_rootfs::fixtures::oci::{chain, names, put_blob, write_image};
-use envbox_rootfs::oci::{ConfigFile, Descriptor, Manifest, RootFs, RunConfig};
+use envbox_rootfs::fixtures::oci::{chain, gzip, names, put_gzip_layer, write_image};
+use envbox_rootfs::oci::{ConfigFile, Manifest, RootFs, RunConfig};
 use envbox_rootfs::{Digest, ImageError, Limits, Reference, Source, Store};
 use tar::{EntryType, Header};
 
@@ -41,12 +40,6 @@ fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn gzip(b: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(b).unwrap();
-    gz.finish().unwrap()
-}
-
 fn run_config() -> RunConfig {
     RunConfig {
         env: Some(vec!["PATH=/bin".into(), "GREETING=hi there".into()]),
@@ -65,16 +58,9 @@ fn oci_layout(dir: &Path, layers: &[Vec<u8>], tag: &str) -> PathBuf {
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     for l in layers {
-        diff_ids.push(Digest::of(l));
-        let gz = gzip(l);
-        let d = put_blob(dir, &gz);
-        descs.push(Descriptor {
-            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            digest: d,
-            size: gz.len() as u64,
-            platform: None,
-            annotations: None,
-        });
+        let (desc, diff_id) = put_gzip_layer(dir, l);
+        descs.push(desc);
+        diff_ids.push(diff_id);
     }
     let config = ConfigFile {
         architecture: "amd64".into(),
