@@ -173,6 +173,7 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
     env.retain(|(k, _)| !config.env.iter().any(|(ck, _)| ck == k));
     env.extend(config.env.iter().cloned());
     let image_id = image.as_ref().and_then(|i| i.image_id.clone());
+    let image_command = image.as_ref().map(|i| i.command.clone()).unwrap_or_default();
     let working_dir = image.as_ref().and_then(|i| i.working_dir.clone());
     let lease = image.map(|i| i.lease);
     let workdir = match working_dir {
@@ -194,6 +195,9 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         overlays: overlays.clone(),
         snapshot_layers: Vec::new(),
         image_id,
+        env: env.clone(),
+        workdir: workdir.clone(),
+        image_command,
     };
     st.write(&dir).map_err(|e| fail(&mut undo, io("writing state.json")(e)))?;
 

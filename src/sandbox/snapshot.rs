@@ -38,27 +38,19 @@ impl Sandbox {
         }
         let root = &self.root;
         // What the sandbox sees now: the caller's settings over its image's.
-        let (mut env, mut working_dir, mut command, mut image_id) = (Vec::new(), None, Vec::new(), st.image_id.clone());
-        if let Image::Ref(spec) = &st.config.image {
-            let r = crate::images::resolve(root, spec)?;
-            (env, working_dir, command) = (r.env, r.working_dir, r.command);
-            image_id = image_id.or(r.image_id);
-        }
-        env.retain(|(k, _)| !st.config.env.iter().any(|(ck, _)| ck == k));
-        env.extend(st.config.env.iter().cloned());
-        if st.config.workdir != "/" {
-            working_dir = Some(st.config.workdir.clone());
-        }
+        // What the sandbox runs with, as create recorded it (the image may
+        // have been removed since; nothing is resolved again).
+        let working_dir = Some(st.workdir.clone()).filter(|w| w.starts_with('/') && w != "/");
         let generation = self.ping()?;
         let upper = self.dir.join("gen").join(&generation).join("u0");
         let below: Vec<PathBuf> = st.snapshot_layers.iter().chain(&st.overlays[0].lowers).rev().cloned().collect();
         let snap = Snapshot {
             id: crate::agent::shell::new_nonce()[..16].to_string(),
             layers: below,
-            env,
+            env: st.env.clone(),
             working_dir,
-            command,
-            image_id,
+            command: st.image_command.clone(),
+            image_id: st.image_id.clone(),
             source: self.name.clone(),
             created: super::state::now_unix(),
         };

@@ -49,6 +49,15 @@ pub struct State {
     /// The store image the sandbox was created from, if any.
     #[serde(default)]
     pub image_id: Option<String>,
+    /// What the sandbox runs with: its image's environment under the
+    /// caller's, and the working directory chosen at create.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub workdir: String,
+    /// The image's entrypoint and cmd.
+    #[serde(default)]
+    pub image_command: Vec<String>,
 }
 
 pub const STATE_FILE: &str = "state.json";
