@@ -177,8 +177,12 @@ pub fn unpack_tar<R: Read>(tar: R, dest: &Path, expected_diff_id: Option<&Digest
         gate: gate.clone(),
         stats: Counts::default(),
         buf: vec![0; 256 << 10],
+        dir_times: Vec::new(),
     };
     let res = u.run(&mut hashing);
+    if res.is_ok() {
+        u.apply_dir_times();
+    }
     let map_read = |e: io::Error| {
         if gate.over.get() {
             UnpackError::TooLarge { limit: limits.max_bytes }
@@ -269,6 +273,8 @@ struct Unpacker<'a> {
     gate: Rc<Gate>,
     stats: Counts,
     buf: Vec<u8>,
+    /// Directories and their mtimes, applied when the layer is complete.
+    dir_times: Vec<(Vec<u8>, u64)>,
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -373,7 +379,10 @@ impl Unpacker<'_> {
         match kind {
             k if k.is_dir() => {
                 let dir = self.parent(&raw, parent)?;
-                self.make_dir(&raw, dir.as_fd(), name, mode, owner)
+                self.make_dir(&raw, dir.as_fd(), name, mode, owner)?;
+                // Set once the layer is complete: entries created inside would change it.
+                self.dir_times.push((join(&comps), mtime));
+                Ok(())
             }
             k if k.is_file() || k == tar::EntryType::GNUSparse => {
                 let xattrs = wanted_xattrs(entry);
@@ -409,6 +418,16 @@ impl Unpacker<'_> {
             }
             // PAX/GNU metadata entries are consumed by the tar crate; anything else is ignored.
             _ => Ok(()),
+        }
+    }
+
+    /// Gives directories their mtimes from the tar, deepest last-declared first. Best effort,
+    /// like every timestamp: a directory replaced since is resolved inside the root anyway.
+    fn apply_dir_times(&mut self) {
+        for (path, mtime) in std::mem::take(&mut self.dir_times).into_iter().rev() {
+            if let Ok(fd) = rustix::fs::openat2(&self.root, os(&path), DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty(), IN_ROOT) {
+                let _ = rustix::fs::futimens(&fd, &timestamps(mtime));
+            }
         }
     }
 
