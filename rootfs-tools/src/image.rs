@@ -172,6 +172,20 @@ impl ImageConfig {
         }
     }
 
+    /// Back to the image-config form (empty lists and maps left out), for an image made on
+    /// top of this one.
+    pub fn to_run_config(&self) -> RunConfig {
+        let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        RunConfig {
+            env: some_vec(&self.env),
+            working_dir: self.working_dir.clone(),
+            entrypoint: some_vec(&self.entrypoint),
+            cmd: some_vec(&self.cmd),
+            user: self.user.clone(),
+            labels: (!self.labels.is_empty()).then(|| self.labels.clone()),
+        }
+    }
+
     /// `env` split into (key, value); entries without `=` get an empty value.
     pub fn env_pairs(&self) -> Vec<(String, String)> {
         self.env

@@ -42,7 +42,7 @@ impl Store {
             locators,
         };
         // 4. layers: download (resumable, verified) and unpack, in parallel, each once
-        self.install(reference, resolved, &reg, &opts.limits, opts.parallel)
+        self.install(Some(reference), resolved, &reg, &opts.limits, opts.parallel)
     }
 
     /// Imports a local source and tags it `tag` (default: the tag a docker-archive records,
@@ -53,18 +53,18 @@ impl Store {
             Source::OciLayout { path, tag: t } => {
                 let (img, blobs) = source::resolve_oci(path, t.as_deref(), &host)?;
                 let name = tag.cloned().unwrap_or_else(|| source.default_reference());
-                self.install(&name, img, &blobs, limits, 4)
+                self.install(Some(&name), img, &blobs, limits, 4)
             }
             Source::DockerArchive { path } => {
                 let (img, blobs, recorded) = source::resolve_docker_archive(path)?;
                 let name = tag.cloned().or(recorded).unwrap_or_else(|| source.default_reference());
-                self.install(&name, img, &blobs, limits, 4)
+                self.install(Some(&name), img, &blobs, limits, 4)
             }
             Source::RootfsDir { path } => {
                 let scratch = self.temp_dir("import")?;
                 let res = source::resolve_rootfs_dir(path, &scratch).and_then(|(img, blobs)| {
                     let name = tag.cloned().unwrap_or_else(|| source.default_reference());
-                    self.install(&name, img, &blobs, limits, 1)
+                    self.install(Some(&name), img, &blobs, limits, 1)
                 });
                 let _ = std::fs::remove_dir_all(&scratch);
                 res

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{Digest, HashingReader};
 use crate::error::Result;
 use crate::image::{Image, ImageConfig};
-use crate::oci::{ConfigFile, Descriptor};
+use crate::oci::{ConfigFile, Descriptor, RunConfig};
 use crate::reference::Reference;
 use crate::unpack::{self, Limits, UnpackError};
 
@@ -444,12 +444,49 @@ impl Store {
         Ok(report)
     }
 
+    /// Adds an image made on this machine (a build step): the layers of `base` (none for
+    /// `FROM scratch`) with the uncompressed layer tars `layer_tars` stacked on top (bottom
+    /// to top; each unpacked through the same hostile-tar-safe unpacker as a pull, and
+    /// shared with any image that has the same layer), and `config` as its run config.
+    /// Tagged `tag` if given; an untagged image lives while a lease or a `keep` entry of
+    /// [`Store::gc`] holds it. The config has no `created` time, so the same inputs give
+    /// the same image id.
+    pub fn commit(&self, base: Option<&Image>, layer_tars: &[PathBuf], config: &RunConfig, tag: Option<&Reference>) -> Result<Image> {
+        let mut tars = Vec::with_capacity(layer_tars.len());
+        for path in layer_tars {
+            let f = File::open(path).map_err(io_err("opening layer tar", path))?;
+            let (diff_id, _) = HashingReader::new(f).finish().map_err(io_err("hashing layer tar", path))?;
+            tars.push((diff_id, path.clone()));
+        }
+        let host = crate::oci::host_platform();
+        let mut diff_ids: Vec<Digest> = base.map(|b| b.diff_ids.clone()).unwrap_or_default();
+        diff_ids.extend(tars.iter().map(|(d, _)| d.clone()));
+        let doc = ConfigFile {
+            architecture: base.map_or(host.architecture, |b| b.architecture.clone()),
+            os: base.map_or(host.os, |b| b.os.clone()),
+            created: None,
+            config: Some(config.clone()),
+            rootfs: crate::oci::RootFs { kind: "layers".into(), diff_ids: diff_ids.clone() },
+        };
+        let config_bytes = serde_json::to_vec(&doc).expect("config serialises");
+        let n = diff_ids.len();
+        let resolved = ResolvedImage {
+            manifest_digest: None,
+            manifest_bytes: None,
+            config_digest: Digest::of(&config_bytes),
+            config_bytes,
+            layers: vec![None; n],
+            locators: diff_ids.iter().map(|d| format!("layer {d}")).collect(),
+        };
+        self.install(tag, resolved, &LocalTars(tars), &Limits::default(), 2).map(|(img, _)| img)
+    }
+
     /// Installs a resolved image: verifies the config, fetches and unpacks missing layers
     /// (up to `parallel` at once, each under its per-layer lock), writes the record, and
     /// points `tag` at it.
     pub(crate) fn install(
         &self,
-        tag: &Reference,
+        tag: Option<&Reference>,
         img: ResolvedImage,
         src: &dyn BlobSource,
         limits: &Limits,
@@ -496,9 +533,11 @@ impl Store {
         };
         self.write_atomic(&self.record_path(&rec.id), &serde_json::to_vec_pretty(&rec).expect("record serialises"))?;
         let id = rec.id.clone();
-        self.update_refs(|refs| {
-            refs.insert(tag.to_string(), id.clone());
-        })?;
+        if let Some(tag) = tag {
+            self.update_refs(|refs| {
+                refs.insert(tag.to_string(), id.clone());
+            })?;
+        }
         let refs = self.read_refs()?;
         Ok((self.to_image(rec, &refs)?, report))
     }
@@ -586,6 +625,21 @@ impl Store {
             }
             _ => Ok(unpack::unpack_blob(opened.reader, &rootfs, Some(&spec.diff_id), limits).map_err(wrap)?.tar_bytes),
         }
+    }
+}
+
+/// The layer tars of [`Store::commit`], found by diff_id. Layers of the base are in the
+/// store already and never asked for.
+struct LocalTars(Vec<(Digest, PathBuf)>);
+
+impl BlobSource for LocalTars {
+    fn open_layer(&self, layer: &LayerSpec, _scratch: &Path) -> Result<OpenedBlob> {
+        let Some((_, path)) = self.0.iter().find(|(d, _)| *d == layer.diff_id) else {
+            // A base layer that vanished from under us (the caller holds no lease?).
+            return Err(StoreError::NotFound(format!("layer {}", layer.diff_id)).into());
+        };
+        let f = File::open(path).map_err(io_err("opening layer tar", path))?;
+        Ok(OpenedBlob { reader: Box::new(io::BufReader::new(f)), verified: true })
     }
 }
 
