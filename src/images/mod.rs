@@ -30,10 +30,16 @@ fn image_error(spec: &str, e: &(dyn std::error::Error + 'static)) -> Error {
 enum Spec {
     Registry(Reference),
     Local(Source),
+    /// `sha256:<64 hex>`: a store image by id (as `envbox images` shows it), tagged or not.
+    Id(envbox_rootfs::Digest),
 }
 
 fn parse(spec: &str) -> std::result::Result<Spec, String> {
-    if spec.starts_with("oci:") || spec.starts_with("docker-archive:") {
+    if let Some(hex) = spec.strip_prefix("sha256:") {
+        // Docker refuses 64-hex repository names for the same reason: never a registry name.
+        return envbox_rootfs::Digest::from_hex(hex).map(Spec::Id).map_err(|e| format!("not an image id: {e}"));
+    }
+    if spec.starts_with("oci:") || spec.starts_with("docker-archive:") || spec.starts_with("dir:") {
         Source::parse(spec).map(Spec::Local).map_err(|e| e.to_string())
     } else {
         Reference::parse(spec).map(Spec::Registry).map_err(|e| e.to_string())
@@ -62,7 +68,15 @@ pub fn pull(root: &Path, spec: &str) -> Result<Image> {
     match parse(spec).map_err(|m| Error::Image { spec: spec.to_string(), message: m })? {
         Spec::Registry(r) => store.pull(&r, &pull_options()).map_err(|e| image_error(spec, &e)),
         Spec::Local(src) => store.import(&src, None, &Limits::default()).map(|(img, _)| img).map_err(|e| image_error(spec, &e)),
+        Spec::Id(id) => by_id(&store, spec, &id),
     }
+}
+
+fn by_id(store: &Store, spec: &str, id: &envbox_rootfs::Digest) -> Result<Image> {
+    store.get_by_id(id).map_err(|e| image_error(spec, &e))?.ok_or_else(|| Error::Image {
+        spec: spec.to_string(),
+        message: "no image with this id in the store (`envbox images` lists them)".into(),
+    })
 }
 
 /// What a sandbox is created on: layers and config, from the store or a
@@ -94,6 +108,7 @@ pub fn resolve(root: &Path, spec: &str) -> Result<Resolved> {
             None => store.pull(&r, &pull_options()).map_err(|e| image_error(spec, &e))?,
         },
         Spec::Local(src) => store.import(&src, None, &Limits::default()).map(|(img, _)| img).map_err(|e| image_error(spec, &e))?,
+        Spec::Id(id) => by_id(&store, spec, &id)?,
     };
     let lease = lease_fd(&store.lease(&image.id).map_err(|e| image_error(spec, &e))?).map_err(|e| image_error(spec, &e))?;
     Ok(Resolved {
@@ -125,7 +140,11 @@ pub fn remove(root: &Path, spec: &str) -> Result<envbox_rootfs::GcReport> {
 /// remaining snapshot refers to.
 pub fn gc(root: &Path) -> Result<envbox_rootfs::GcReport> {
     let keep = snapshot::collect(root)?;
-    let keep: Vec<envbox_rootfs::Digest> = keep.iter().filter_map(|id| id.parse().ok()).collect();
+    let mut keep: Vec<envbox_rootfs::Digest> = keep.iter().filter_map(|id| id.parse().ok()).collect();
+    // Step images of the build cache, while an image built through them is tagged.
+    let tagged = list(root)?.into_iter().map(|i| i.id).collect();
+    keep.extend(crate::build::cache::keep(root, &tagged));
+    crate::build::collect(root);
     let report = store(root)?.gc(&keep).map_err(|e| image_error("collecting unused layers", &e))?;
     // btrfs bases of images whose layers just went.
     crate::fs::btrfs::collect(root);
@@ -135,4 +154,9 @@ pub fn gc(root: &Path) -> Result<envbox_rootfs::GcReport> {
 /// Every tagged image of the store.
 pub fn list(root: &Path) -> Result<Vec<Image>> {
     store(root)?.list().map_err(|e| image_error("listing images", &e))
+}
+
+/// Pushes a store image to the registry its reference names.
+pub fn push(_root: &Path, spec: &str) -> Result<String> {
+    Err(Error::Image { spec: spec.to_string(), message: "push: not wired yet".into() })
 }
