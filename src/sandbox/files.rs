@@ -484,6 +484,56 @@ impl RootFs {
         }
     }
 
+    /// Merges the contents of the host directory `host_dir` into the directory `path`
+    /// (created with its parents when missing), like `cp -r HOST_DIR/. PATH`, with the
+    /// rules of [`RootFs::copy_to`] for every entry (a top-level entry that is a symlink is
+    /// recreated as a symlink too: nothing of `host_dir` is followed). `envbox build` copies
+    /// a staged COPY source this way.
+    pub fn copy_contents(&self, host_dir: &Path, path: &str) -> Result<()> {
+        sandbox_path(path)?;
+        let host_err = |source| FilesError::Copy { host: host_dir.to_owned(), path: path.to_owned(), source };
+        let src = OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(host_dir).map_err(host_err)?;
+        let dst = self.mkdir_all_inner(path, path, PARENT_DIR_MODE)?;
+        refuse_pseudo_fs(dst.as_fd(), path)?;
+        let copier = Copier { direction: Direction::ToSandbox };
+        let loc = Loc { path: path.to_owned(), host: host_dir.to_owned() };
+        for entry in list_dir(src.as_fd()).map_err(|e| host_err(e.into()))? {
+            let child = loc.child(OsStr::from_bytes(entry.to_bytes()));
+            copier.copy_entry(src.as_fd(), dst.as_fd(), &entry, &child, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the owner of `path` (not following a final symlink) and, unless it is a
+    /// symlink, its permission bits.
+    pub fn set_owner_mode(&self, path: &str, owner: Option<(u32, u32)>, mode: Option<u32>) -> Result<()> {
+        let cpath = sandbox_path(path)?;
+        let fd = self.resolve(&cpath, libc::O_PATH | libc::O_NOFOLLOW).map_err(|e| open_error(path, e))?;
+        if let Some((uid, gid)) = owner {
+            nix::unistd::fchownat(
+                Some(fd.as_raw_fd()),
+                "",
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+                nix::unistd::FchownatFlags::AT_EMPTY_PATH,
+            )
+            .map_err(|e| FilesError::Chmod { path: path.to_owned(), source: e.into() })?;
+        }
+        if let Some(mode) = mode {
+            let meta = File::from(fd.try_clone().map_err(|source| FilesError::Stat { path: path.to_owned(), source })?)
+                .metadata()
+                .map_err(|source| FilesError::Stat { path: path.to_owned(), source })?;
+            if !meta.file_type().is_symlink() {
+                // An O_PATH handle cannot be fchmod-ed; its /proc/self/fd link reopens the
+                // very inode (never a path lookup in the sandbox).
+                let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                std::fs::set_permissions(proc_path, Permissions::from_mode(mode & 0o7777))
+                    .map_err(|source| FilesError::Chmod { path: path.to_owned(), source })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Copies a sandbox file or directory tree to the host, like `cp -r PATH HOST_DST`.
     ///
     /// * `path` is resolved inside the root (a top-level symlink is followed inside the

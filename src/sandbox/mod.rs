@@ -335,7 +335,26 @@ impl Sandbox {
         }
         self.deleted = true;
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        delete::delete(&self.root, &self.dir, &self.state, &self.pidfd, self.parent, wait)
+        delete::delete(&self.root, &self.dir, &self.state, &self.pidfd, self.parent, wait, None)
+    }
+
+    /// Stops the sandbox and keeps what its processes changed — its current upper layer,
+    /// in the overlayfs format — at `dest` (a path that does not exist yet, on the state
+    /// root's filesystem), then deletes the rest. `envbox build` makes a RUN step's layer
+    /// this way. Needs an overlayfs sandbox on an image, without `--disk`.
+    pub fn finish_into(mut self, dest: &Path) -> Result<()> {
+        let refuse = |why: &str| Error::Image { spec: format!("the layer of {}", self.name), message: why.to_string() };
+        if self.state.overlays.len() != 1 || self.state.config.fs != crate::config::FsBackend::Overlayfs {
+            return Err(refuse("only an overlayfs sandbox on an image has one upper layer"));
+        }
+        if self.state.config.limits.disk_bytes.is_some() {
+            return Err(refuse("its upper layer is a --disk tmpfs, which goes away with it"));
+        }
+        let generation = self.ping()?;
+        let upper = self.dir.join("gen").join(generation).join("u0");
+        self.deleted = true;
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        delete::delete(&self.root, &self.dir, &self.state, &self.pidfd, self.parent, delete::Wait::Sync, Some((&upper, dest)))
     }
 }
 
