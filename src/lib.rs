@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod bench;
 pub mod bench_env;
+pub mod build;
 pub mod cgroup;
 pub mod client;
 pub mod config;

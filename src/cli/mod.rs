@@ -3,6 +3,7 @@
 //! and a non-zero exit.
 
 mod bench;
+mod build;
 mod call;
 mod cp;
 mod create;
@@ -57,6 +58,8 @@ enum Command {
     Pull(images::PullArgs),
     /// List the images of the store.
     Images(images::ImagesArgs),
+    /// Build an image from a Dockerfile (or an environment directory), without Docker.
+    Build(build::Args),
     /// Untag images and delete the layers nothing uses any more.
     Rmi(images::RmiArgs),
     /// Turn a sandbox's current filesystem into an image, without copying (its processes restart).
@@ -109,6 +112,7 @@ pub fn main() -> i32 {
         Command::Snapshot(a) => snapshot::snapshot(&root, a),
         Command::Fork(a) => snapshot::fork(&root, a),
         Command::Images(a) => images::list(&root, a),
+        Command::Build(a) => build::run(&root, a),
         Command::Rmi(a) => images::rmi(&root, a),
         Command::Run(a) => run::run(&root, a),
         Command::Call(a) => call::run(&root, a),
