@@ -1,7 +1,8 @@
-//! Content digests (`sha256:<64 hex>`) and a reader that hashes what passes through it.
+//! Content digests (`sha256:<64 hex>`), and a reader and a writer that hash what passes
+//! through them.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -131,6 +132,38 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Hashes (and counts) every byte written through it: a layer pushed is hashed as it is
+/// tarred (diff_id) and as it is compressed (blob digest) in one pass.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter { inner, hasher: Sha256::new(), bytes: 0 }
+    }
+
+    /// The digest and count of what was written, and the inner writer (not flushed).
+    pub fn finish(self) -> (Digest, u64, W) {
+        (Digest::from_hasher(self.hasher), self.bytes, self.inner)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Incremental hashing for writers (blob downloads).
 #[derive(Clone, Default)]
 pub struct Hasher(Sha256);
@@ -161,6 +194,16 @@ mod tests {
         assert!(matches!("sha512:abcd".parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm(_))));
         assert!(matches!("sha256:abcd".parse::<Digest>(), Err(DigestError::BadHex(_))));
         assert!(matches!(s.to_uppercase().replace("SHA256", "sha256").parse::<Digest>(), Err(DigestError::BadHex(_))));
+    }
+
+    #[test]
+    fn hashing_writer_hashes_what_it_passes_on() {
+        let mut w = HashingWriter::new(Vec::new());
+        w.write_all(b"hello ").unwrap();
+        w.write_all(b"world").unwrap();
+        let (d, n, inner) = w.finish();
+        assert_eq!((d, n), (Digest::of(b"hello world"), 11));
+        assert_eq!(inner, b"hello world");
     }
 
     #[test]

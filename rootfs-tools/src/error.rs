@@ -3,6 +3,7 @@
 
 use crate::digest::DigestError;
 use crate::image::UserError;
+use crate::push::PushError;
 use crate::reference::ReferenceError;
 use crate::registry::RegistryError;
 use crate::source::SourceError;
@@ -25,6 +26,8 @@ pub enum ImageError {
     Source(#[from] SourceError),
     #[error(transparent)]
     User(#[from] UserError),
+    #[error(transparent)]
+    Push(#[from] PushError),
 }
 
 pub type Result<T> = std::result::Result<T, ImageError>;

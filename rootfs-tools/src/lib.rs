@@ -26,6 +26,10 @@
 //! let _ = (&img.config.env, &img.config.working_dir, img.config.command(), &img.config.user);
 //! let _uid_gid = img.user_ids()?; // `User` resolved through the image's /etc/passwd, /etc/group
 //!
+//! // Push an image of the store to a registry (same options as a pull; a tag is needed).
+//! let report = store.push(&img, &Reference::parse("registry.example:5000/team/env:v1")?, &PullOptions::default())?;
+//! println!("pushed {} ({} layers uploaded)", report.manifest_digest, report.layers_uploaded);
+//!
 //! // A lease keeps an image's layers from gc while a sandbox uses them.
 //! let _lease = store.lease(&img.id)?;
 //!
@@ -41,7 +45,7 @@
 //! once: each layer is unpacked exactly once under a per-layer `flock` and published by
 //! `rename`; `gc` takes the store lock exclusively and waits for running pulls.
 //!
-//! Modules: [`reference`](mod@reference) (names), [`registry`] (HTTP API v2), [`source`] (local sources),
+//! Modules: [`reference`](mod@reference) (names), [`registry`] (HTTP API v2, pull and push), [`source`] (local sources),
 //! [`unpack`] (hostile-tar-safe unpacking), [`store`] (layout, locking, gc), [`image`]
 //! (what callers get), [`oci`] (spec documents), [`fixtures`] (test root filesystems).
 
@@ -52,6 +56,7 @@ pub mod image;
 pub mod layer;
 pub mod oci;
 mod pull;
+mod push;
 pub mod reference;
 pub mod registry;
 pub mod source;
@@ -63,6 +68,7 @@ pub use error::{ImageError, Result};
 pub use image::{Image, ImageConfig};
 pub use layer::{write_layer_tar, LayerTarStats};
 pub use oci::Platform;
+pub use push::{PushError, PushReport};
 pub use reference::{Reference, ReferenceError};
 pub use registry::PullOptions;
 pub use source::Source;

@@ -1,6 +1,7 @@
 //! A blocking client for the Registry HTTP API v2 (the distribution spec): ping, the token
 //! handshake of public registries, basic auth from a docker-style credentials file,
-//! manifests and indexes, blobs with sha256 verification, retries and `Range` resume.
+//! manifests and indexes, blobs with sha256 verification, retries and `Range` resume; and
+//! for push, blob existence checks, monolithic blob uploads and manifest uploads.
 //!
 //! Plain http is used only for loopback registries and those named insecure; others must
 //! speak https (rustls with the webpki roots).
@@ -114,6 +115,20 @@ pub enum RegistryError {
         #[source]
         source: io::Error,
     },
+    #[error("not authorized to push to {registry}/{repository} (HTTP {status} from {url}): log in (put credentials for {registry} in {file}, docker login format) or check that they allow pushing to this repository")]
+    PushDenied { registry: String, repository: String, url: String, status: u16, file: String },
+    #[error("registry {registry} refused the repository name {repository:?} (HTTP {status} from {url}{body}): check the name; some registries need the repository (or its project/namespace) created before a push")]
+    RepositoryRejected { registry: String, repository: String, url: String, status: u16, body: String },
+    #[error("{url}: HTTP 202 without a Location header: the registry did not start an upload session")]
+    NoUploadLocation { url: String },
+    #[error("registry {registry} gave the upload location {location}, plain http, while it is reached over https: refusing to send the blob unencrypted")]
+    InsecureUploadLocation { registry: String, location: String },
+    #[error("registry says blob {digest} does not match its digest (HTTP {status} from {url}{body}): it changed in transit or on disk; push again")]
+    UploadDigest { url: String, digest: Digest, status: u16, body: String },
+    #[error("registry refused the manifest of {reference} (HTTP {status}{body}): a bug in the pushed manifest, or a registry that does not take OCI image manifests")]
+    ManifestRejected { reference: String, status: u16, body: String },
+    #[error("registry stored the manifest of {reference} as {actual}, but the manifest sent has digest {expected}: the registry changed it; pull by tag, or push again")]
+    PushedManifestDigest { reference: String, expected: Digest, actual: Digest },
 }
 
 type RResult<T> = std::result::Result<T, RegistryError>;
@@ -244,11 +259,54 @@ fn default_credentials_file() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
 }
 
+/// The token scopes to ask for. A pull asks for what the challenge names (or
+/// `repository:<repo>:pull`); a push always asks for `repository:<repo>:pull,push`, plus a
+/// different scope the challenge names, so one token serves the checks and the uploads.
+pub(crate) fn token_scopes(challenge_scope: Option<&str>, repository: &str, push: bool) -> Vec<String> {
+    if !push {
+        return vec![challenge_scope.map_or_else(|| format!("repository:{repository}:pull"), str::to_owned)];
+    }
+    let ours = format!("repository:{repository}:pull,push");
+    match challenge_scope {
+        Some(c) if c != ours => vec![ours, c.to_owned()],
+        _ => vec![ours],
+    }
+}
+
+/// The body of a push-side request. A file is opened again for each attempt.
+#[derive(Clone, Copy)]
+pub(crate) enum Body<'a> {
+    None,
+    Bytes(&'a [u8]),
+    File { path: &'a Path, size: u64 },
+}
+
+impl Body<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Body::None => 0,
+            Body::Bytes(b) => b.len() as u64,
+            Body::File { size, .. } => *size,
+        }
+    }
+}
+
+/// Which push request failed with an unexpected status: it decides what a 400 or 404 means.
+#[derive(Clone, Copy)]
+enum PushStep<'a> {
+    Check,
+    StartUpload,
+    Upload(&'a Digest),
+    Manifest,
+}
+
 /// A connection to one repository of one registry.
 pub(crate) struct Registry {
     agent: ureq::Agent,
     base: String,
     reference: Reference,
+    /// Connected to push: the token handshake asks for push access too.
+    push: bool,
     creds: Option<(String, String)>,
     creds_file: String,
     authorization: Mutex<Option<String>>,
@@ -281,9 +339,20 @@ impl Registry {
     /// Connects: picks https or (loopback/insecure only) http, reads credentials, and does
     /// the auth handshake on the `/v2/` ping.
     pub fn connect(reference: &Reference, opts: &PullOptions) -> Result<Registry> {
+        Registry::connect_with(reference, opts, false)
+    }
+
+    /// [`Registry::connect`] for a push: tokens are asked for with push access.
+    pub fn connect_for_push(reference: &Reference, opts: &PullOptions) -> Result<Registry> {
+        Registry::connect_with(reference, opts, true)
+    }
+
+    fn connect_with(reference: &Reference, opts: &PullOptions, push: bool) -> Result<Registry> {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(opts.connect_timeout)
             .timeout_read(opts.read_timeout)
+            // a stalled peer must not hang an upload (or a request) for ever
+            .timeout_write(opts.read_timeout)
             .redirects(8)
             .user_agent(concat!("envbox/", env!("CARGO_PKG_VERSION")))
             .build();
@@ -304,6 +373,7 @@ impl Registry {
             agent,
             base: format!("https://{host}"),
             reference: reference.clone(),
+            push,
             creds,
             creds_file: creds_path.map_or_else(|| "~/.docker/config.json".into(), |p| p.display().to_string()),
             authorization: Mutex::new(None),
@@ -412,8 +482,10 @@ impl Registry {
                         challenge: format!("{challenge} (a token realm over plain http is refused for a registry reached over https)"),
                     });
                 }
-                let scope = c.params.get("scope").cloned().unwrap_or_else(|| format!("repository:{}:pull", self.reference.repository()));
-                let mut req = self.agent.get(realm).query("scope", &scope);
+                let mut req = self.agent.get(realm);
+                for scope in token_scopes(c.params.get("scope").map(String::as_str), self.reference.repository(), self.push) {
+                    req = req.query("scope", &scope);
+                }
                 if let Some(service) = c.params.get("service") {
                     req = req.query("service", service);
                 }
@@ -614,6 +686,211 @@ impl Registry {
     }
 }
 
+/// The push side: existence checks, uploads and the manifest. Every request answers a 401
+/// challenge once ([`Registry::send`]); each step is retried whole on transient errors.
+impl Registry {
+    /// Whether `url` goes to the registry itself (and so may carry its `Authorization`).
+    fn same_origin(&self, url: &str) -> bool {
+        url.strip_prefix(&self.base).is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+    }
+
+    /// One request, answering a 401 challenge once; returns the response whatever its status
+    /// (the caller decides what each means). Only a transport failure is an error.
+    fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Body<'_>,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> RResult<ureq::Response> {
+        let mut answered = false;
+        loop {
+            let mut req = self.agent.request(method, url);
+            for (k, v) in headers {
+                req = req.set(k, v);
+            }
+            if self.same_origin(url) {
+                if let Some(auth) = self.authorization.lock().expect("auth lock").clone() {
+                    req = req.set("Authorization", &auth);
+                }
+            }
+            let res = match body {
+                Body::None => req.call(),
+                Body::Bytes(b) => req.send_bytes(b),
+                Body::File { path, size } => {
+                    let f = File::open(path).map_err(|source| RegistryError::Io { step: "opening", path: path.to_path_buf(), source })?;
+                    // a known length: sent as is, not chunked
+                    let req = req.set("Content-Length", &size.to_string());
+                    match bar {
+                        Some(b) => {
+                            b.set_position(0);
+                            req.send(b.wrap_read(f))
+                        }
+                        None => req.send(f),
+                    }
+                }
+            };
+            let resp = match res {
+                Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+                Err(e) => return Err(RegistryError::Transport { url: url.to_owned(), source: Box::new(e) }),
+            };
+            if resp.status() == 401 && !answered && self.same_origin(url) {
+                let challenge = resp.header("www-authenticate").unwrap_or_default().to_owned();
+                self.authenticate(&challenge)?;
+                answered = true;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    /// Runs `step` again after a transport error, a 429 or a 5xx, up to `retries` times.
+    fn with_retries<T>(&self, mut step: impl FnMut() -> RResult<T>) -> RResult<T> {
+        let mut attempt = 0;
+        loop {
+            match step() {
+                Err(e) if attempt < self.retries && retryable(&e) => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(200 << attempt.min(5)));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// The error for an unexpected status of a push request.
+    fn push_error(&self, url: &str, resp: ureq::Response, step: PushStep<'_>) -> RegistryError {
+        let status = resp.status();
+        let mut text = String::new();
+        let _ = resp.into_reader().take(2048).read_to_string(&mut text);
+        let body = if text.trim().is_empty() { String::new() } else { format!(": {}", text.trim()) };
+        let (registry, repository, url) = (self.reference.registry().to_owned(), self.reference.repository().to_owned(), url.to_owned());
+        match (status, step) {
+            (401 | 403, _) => RegistryError::PushDenied { registry, repository, url, status, file: self.creds_file.clone() },
+            (404, PushStep::StartUpload | PushStep::Manifest) => {
+                RegistryError::RepositoryRejected { registry, repository, url, status, body }
+            }
+            (400, PushStep::StartUpload) if text.contains("NAME_INVALID") => {
+                RegistryError::RepositoryRejected { registry, repository, url, status, body }
+            }
+            (400, PushStep::Upload(d)) if text.contains("DIGEST_INVALID") => {
+                RegistryError::UploadDigest { url, digest: d.clone(), status, body }
+            }
+            (400, PushStep::Manifest) => RegistryError::ManifestRejected { reference: self.reference.to_string(), status, body },
+            _ => {
+                let hint = match status {
+                    429 | 500..=599 => status_hint(status),
+                    _ => "",
+                };
+                RegistryError::Status { url, status, hint, body }
+            }
+        }
+    }
+
+    /// Whether the repository has blob `digest` (`HEAD /v2/<repo>/blobs/<digest>`).
+    pub(crate) fn blob_exists(&self, digest: &Digest) -> RResult<bool> {
+        let url = self.url(&format!("/v2/{}/blobs/{digest}", self.reference.repository()));
+        self.with_retries(|| {
+            let resp = self.send("HEAD", &url, &[], Body::None, None)?;
+            match resp.status() {
+                200 => Ok(true),
+                404 => Ok(false),
+                _ => Err(self.push_error(&url, resp, PushStep::Check)),
+            }
+        })
+    }
+
+    /// Where to `PUT` the blob, from the `Location` of a new upload session (absolute, or
+    /// relative to `start`), with `digest` added to its query.
+    fn upload_url(&self, start: &str, location: &str, digest: &Digest) -> RResult<String> {
+        let url = if location.starts_with("http://") || location.starts_with("https://") {
+            if location.starts_with("http://") && !self.plain_ok {
+                return Err(RegistryError::InsecureUploadLocation {
+                    registry: self.reference.registry().to_owned(),
+                    location: location.to_owned(),
+                });
+            }
+            location.to_owned()
+        } else if location.starts_with('/') {
+            format!("{}{location}", self.base)
+        } else {
+            let dir = start.rsplit_once('/').map_or(start, |(d, _)| d);
+            format!("{dir}/{location}")
+        };
+        let sep = if url.contains('?') { '&' } else { '?' };
+        Ok(format!("{url}{sep}digest={digest}"))
+    }
+
+    /// Uploads a blob in one piece: `POST /v2/<repo>/blobs/uploads/`, then `PUT` the bytes to
+    /// the session's location. A failed attempt starts a new session.
+    pub(crate) fn upload_blob(&self, digest: &Digest, body: Body<'_>) -> RResult<()> {
+        let start = self.url(&format!("/v2/{}/blobs/uploads/", self.reference.repository()));
+        let bar = self.progress.as_ref().map(|m| {
+            let b = m.add(indicatif::ProgressBar::new(body.len()));
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{prefix} push [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                    .expect("template")
+                    .progress_chars("=> "),
+            );
+            b.set_prefix(digest.hex()[..12].to_owned());
+            b
+        });
+        let res = self.with_retries(|| {
+            let resp = self.send("POST", &start, &[], Body::Bytes(&[]), None)?;
+            if resp.status() != 202 {
+                return Err(self.push_error(&start, resp, PushStep::StartUpload));
+            }
+            let location = resp.header("location").ok_or_else(|| RegistryError::NoUploadLocation { url: start.clone() })?.to_owned();
+            let put = self.upload_url(&start, &location, digest)?;
+            let resp = self.send("PUT", &put, &[("Content-Type", "application/octet-stream")], body, bar.as_ref())?;
+            if !(200..300).contains(&resp.status()) {
+                return Err(self.push_error(&put, resp, PushStep::Upload(digest)));
+            }
+            match resp.header("docker-content-digest").map(str::parse::<Digest>) {
+                Some(Ok(d)) if d != *digest => Err(RegistryError::UploadDigest {
+                    url: put.clone(),
+                    digest: digest.clone(),
+                    status: resp.status(),
+                    body: format!(": stored as {d}"),
+                }),
+                _ => Ok(()),
+            }
+        });
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        res
+    }
+
+    /// `PUT /v2/<repo>/manifests/<tag>`; checks the digest the registry announces.
+    pub(crate) fn put_manifest(&self, tag: &str, bytes: &[u8], media_type: &str) -> RResult<()> {
+        let url = self.url(&format!("/v2/{}/manifests/{tag}", self.reference.repository()));
+        let sent = Digest::of(bytes);
+        self.with_retries(|| {
+            let resp = self.send("PUT", &url, &[("Content-Type", media_type)], Body::Bytes(bytes), None)?;
+            if !(200..300).contains(&resp.status()) {
+                return Err(self.push_error(&url, resp, PushStep::Manifest));
+            }
+            match resp.header("docker-content-digest").map(str::parse::<Digest>) {
+                Some(Ok(d)) if d != sent => {
+                    Err(RegistryError::PushedManifestDigest { reference: self.reference.to_string(), expected: sent.clone(), actual: d })
+                }
+                _ => Ok(()),
+            }
+        })
+    }
+}
+
+/// Worth another attempt: the network, a rate limit or a registry error.
+fn retryable(e: &RegistryError) -> bool {
+    match e {
+        RegistryError::Transport { .. } => true,
+        RegistryError::Status { status, .. } => *status == 429 || *status >= 500,
+        _ => false,
+    }
+}
+
 impl BlobSource for Registry {
     fn open_layer(&self, layer: &LayerSpec, scratch: &Path) -> Result<OpenedBlob> {
         let desc = layer.blob.as_ref().expect("registry layers have descriptors");
@@ -669,6 +946,20 @@ mod tests {
         assert!(parse_challenge("").is_none());
         assert!(parse_challenge(r#"Bearer realm="unterminated"#).is_none());
         assert!(parse_challenge("Bearer realm").is_none());
+    }
+
+    #[test]
+    fn token_scopes_for_pull_and_push() {
+        // pull: unchanged, the challenge's scope or pull on the repository
+        assert_eq!(token_scopes(None, "team/x", false), vec!["repository:team/x:pull"]);
+        assert_eq!(token_scopes(Some("repository:team/x:pull"), "team/x", false), vec!["repository:team/x:pull"]);
+        // push: always pull,push on the repository, plus a different scope the challenge names
+        assert_eq!(token_scopes(None, "team/x", true), vec!["repository:team/x:pull,push"]);
+        assert_eq!(token_scopes(Some("repository:team/x:pull,push"), "team/x", true), vec!["repository:team/x:pull,push"]);
+        assert_eq!(
+            token_scopes(Some("repository:team/x:pull"), "team/x", true),
+            vec!["repository:team/x:pull,push", "repository:team/x:pull"]
+        );
     }
 
     #[test]

@@ -190,7 +190,7 @@ impl Store {
         self.root.join("images").join(format!("{}.json", id.hex()))
     }
 
-    fn blob_path(&self, d: &Digest) -> PathBuf {
+    pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(d.hex())
     }
 
