@@ -308,7 +308,9 @@ impl Builder<'_> {
                 if let Some(v) = &value {
                     self.args.insert(name.clone(), v.clone());
                 }
-                self.chain(&format!("ARG {name}={}", value.unwrap_or_default()));
+                // Not the value: like Docker, a build argument changes only the steps that
+                // use it (RUN has the ARGs in scope in its key; others their expansion).
+                self.chain(&format!("ARG {name}"));
                 Ok(())
             }
             Instruction::Env(pairs) => {
