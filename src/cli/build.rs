@@ -52,8 +52,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         built.cached_steps
     );
     if a.push {
-        let report = envbox::images::push(root, &a.tag)?;
-        eprintln!("{report}");
+        super::images::print_push(&a.tag, &envbox::images::push(root, &a.tag, None)?);
     }
     println!("{}", built.image.id);
     Ok(0)

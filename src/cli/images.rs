@@ -20,6 +20,15 @@ pub struct ImagesArgs {
 }
 
 #[derive(clap::Args)]
+pub struct PushArgs {
+    /// The store image to push: a reference (its registry and repository are the target)
+    /// or sha256:ID.
+    image: String,
+    /// Push it under this reference instead (REGISTRY/REPOSITORY:TAG).
+    target: Option<String>,
+}
+
+#[derive(clap::Args)]
 pub struct RmiArgs {
     /// Image references to untag; layers no other image or running sandbox uses are deleted.
     #[arg(required = true)]
@@ -42,6 +51,24 @@ pub fn pull(root: &Path, a: PullArgs) -> Result<i32> {
     let img = envbox::images::pull(root, &a.reference)?;
     println!("{} {} ({} layers, {}) in {:.2}s", a.reference, short(&img.id), img.layers.len(), mib(img.size), t0.elapsed().as_secs_f64());
     Ok(0)
+}
+
+pub fn push(root: &Path, a: PushArgs) -> Result<i32> {
+    let target = a.target.as_deref().unwrap_or(&a.image);
+    print_push(target, &envbox::images::push(root, &a.image, a.target.as_deref())?);
+    Ok(0)
+}
+
+/// One line on what a push did; the pushed reference with its digest on stdout.
+pub fn print_push(target: &str, r: &envbox_rootfs::PushReport) {
+    eprintln!(
+        "pushed {target}: {} layers uploaded ({}), {} already there{}",
+        r.layers_uploaded,
+        mib(r.bytes_uploaded),
+        r.layers_present,
+        if r.config_rewritten { "; some layers were re-serialised, so the pushed image id differs from the local one" } else { "" }
+    );
+    println!("{target}@{}", r.manifest_digest);
 }
 
 pub fn list(root: &Path, a: ImagesArgs) -> Result<i32> {

@@ -58,6 +58,8 @@ enum Command {
     Pull(images::PullArgs),
     /// List the images of the store.
     Images(images::ImagesArgs),
+    /// Push a store image to a registry (blob uploads, then the manifest).
+    Push(images::PushArgs),
     /// Build an image from a Dockerfile (or an environment directory), without Docker.
     Build(build::Args),
     /// Untag images and delete the layers nothing uses any more.
@@ -113,6 +115,7 @@ pub fn main() -> i32 {
         Command::Fork(a) => snapshot::fork(&root, a),
         Command::Images(a) => images::list(&root, a),
         Command::Build(a) => build::run(&root, a),
+        Command::Push(a) => images::push(&root, a),
         Command::Rmi(a) => images::rmi(&root, a),
         Command::Run(a) => run::run(&root, a),
         Command::Call(a) => call::run(&root, a),

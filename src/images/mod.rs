@@ -156,7 +156,22 @@ pub fn list(root: &Path) -> Result<Vec<Image>> {
     store(root)?.list().map_err(|e| image_error("listing images", &e))
 }
 
-/// Pushes a store image to the registry its reference names.
-pub fn push(_root: &Path, spec: &str) -> Result<String> {
-    Err(Error::Image { spec: spec.to_string(), message: "push: not wired yet".into() })
+/// Pushes the store image `spec` names to `target`'s registry and repository under its
+/// tag (`target` defaults to `spec`). Registries named in `ENVBOX_INSECURE_REGISTRIES`
+/// (and loopback ones) may be plain http; credentials come from ~/.docker/config.json.
+pub fn push(root: &Path, spec: &str, target: Option<&str>) -> Result<envbox_rootfs::PushReport> {
+    let store = store(root)?;
+    let image = match parse(spec).map_err(|m| Error::Image { spec: spec.to_string(), message: m })? {
+        Spec::Registry(r) => store.get(&r).map_err(|e| image_error(spec, &e))?.ok_or_else(|| Error::Image {
+            spec: spec.to_string(),
+            message: "not in the store: build or pull it first (`envbox images` lists them)".into(),
+        })?,
+        Spec::Id(id) => by_id(&store, spec, &id)?,
+        Spec::Local(_) => {
+            return Err(Error::Image { spec: spec.to_string(), message: "push takes a store image (a reference or sha256:ID)".into() })
+        }
+    };
+    let target_spec = target.unwrap_or(spec);
+    let target = Reference::parse(target_spec).map_err(|e| image_error(target_spec, &e))?;
+    store.push(&image, &target, &pull_options()).map_err(|e| image_error(target_spec, &e))
 }
