@@ -300,3 +300,40 @@ fn a_built_image_is_pushed_and_pulled_back_elsewhere() {
     root.assert_clean();
     other.assert_clean();
 }
+
+#[test]
+fn a_build_killed_mid_run_leaves_nothing_after_the_next_start() {
+    require_root!("a_build_killed_mid_run_leaves_nothing_after_the_next_start");
+    let root = TestRoot::new("build-kill");
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("big.bin"), vec![1u8; 1 << 20]).unwrap();
+    fs::write(ctx.join("Dockerfile"), format!("FROM {}\nCOPY big.bin /big.bin\nRUN touch /started && sleep 60\n", base())).unwrap();
+    let mut child = Command::new(common::agent())
+        .env("ENVBOX_ROOT", &root.path)
+        .args(["build", &ctx.display().to_string(), "--tag", "killed:v1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the RUN step's sandbox runs, then kill -9 the build.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !envbox::list(&root.path).unwrap_or_default().iter().any(|s| s.name.starts_with("envbox-build-")) {
+        assert!(std::time::Instant::now() < deadline, "the RUN sandbox never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The RUN sandbox dies with the build (it is not detached); the next envbox start
+    // collects its directories, and gc the dead build's work directory.
+    ok(&envbox(&root, &["gc"]));
+    ok(&envbox(&root, &["rmi", "localhost/debian:latest"]));
+    assert_eq!(fs::read_dir(root.path.join(".images/build-tmp")).map(|d| d.count()).unwrap_or(0), 0, "build dir of the dead build");
+    assert_eq!(fs::read_dir(root.path.join(".images/tmp")).map(|d| d.count()).unwrap_or(0), 0);
+    // The COPY step finished before the kill: its step image stays cached (a day) for a rerun.
+    fs::write(ctx.join("Dockerfile"), format!("FROM {}\nCOPY big.bin /big.bin\nRUN test -f /big.bin\n", base())).unwrap();
+    let log = ok(&envbox(&root, &["build", &ctx.display().to_string(), "--tag", "killed:v1"]));
+    assert!(log.contains("(2 layer steps, 1 from the cache)"), "{log}");
+    root.assert_clean();
+}
