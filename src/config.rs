@@ -55,6 +55,8 @@ pub enum ConfigError {
     InvalidSeccomp { input: String },
     #[error("invalid environment server setting: {reason}")]
     InvalidServe { reason: String },
+    #[error("invalid user {input:?}: {reason} (expected USER[:GROUP], names or numeric ids, e.g. nobody, 1000:1000 or app:staff)")]
+    InvalidUser { input: String, reason: &'static str },
 }
 
 /// What the sandbox's root filesystem is made of.
@@ -258,6 +260,12 @@ pub struct SandboxConfig {
     /// The seccomp filter of the shell, the env worker and the env server.
     #[serde(default)]
     pub seccomp: Seccomp,
+    /// The user the shell, the env worker and the env server run as:
+    /// `USER[:GROUP]`, names or numeric ids, looked up in the sandbox's own
+    /// /etc/passwd and /etc/group. `None`: the image's `User` if it has
+    /// one, else root.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Which seccomp filter the processes run for the user get (the agent
@@ -416,6 +424,7 @@ impl Default for SandboxConfig {
             seccomp: Seccomp::Default,
             egress_allow: Vec::new(),
             fs: FsBackend::Overlayfs,
+            user: None,
         }
     }
 }
@@ -462,6 +471,9 @@ impl SandboxConfig {
         }
         if let Some(group) = &self.group {
             validate_name(group)?;
+        }
+        if let Some(user) = &self.user {
+            parse_user(user)?;
         }
         Ok(())
     }
@@ -550,6 +562,39 @@ pub fn parse_env(input: &str) -> Result<(String, String)> {
     }
 }
 
+/// The largest uid or gid a user spec may name (runc's limit: ids above
+/// it are negative to some tools, and -1 means "unchanged" to setresuid).
+pub const MAX_ID: u32 = 0x7fff_ffff;
+
+/// Checks the syntax of a user spec, `USER[:GROUP]`: no NUL or other
+/// control character, no empty part, at most one ':', numeric ids in
+/// range. Names are looked up later, inside the sandbox.
+pub fn parse_user(input: &str) -> Result<String> {
+    let bad = |reason| Err(ConfigError::InvalidUser { input: input.to_string(), reason });
+    if input.chars().any(char::is_control) {
+        return bad("it contains NUL or another control character");
+    }
+    let (user, group) = match input.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (input, None),
+    };
+    if user.is_empty() {
+        return bad("the user is empty");
+    }
+    if group.is_some_and(|g| g.contains(':')) {
+        return bad("it has more than one ':'");
+    }
+    if group == Some("") {
+        return bad("the group after ':' is empty");
+    }
+    for part in std::iter::once(user).chain(group) {
+        if part.bytes().all(|b| b.is_ascii_digit()) && part.parse::<u32>().map_or(true, |id| id > MAX_ID) {
+            return bad("a numeric id is out of range (0 to 2147483647)");
+        }
+    }
+    Ok(input.to_string())
+}
+
 /// Options for one command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunOptions {
@@ -632,6 +677,28 @@ mod tests {
         assert_eq!(parse_env("A=").unwrap(), ("A".into(), "".into()));
         assert!(parse_env("=x").is_err());
         assert!(parse_env("noequals").is_err());
+    }
+
+    #[test]
+    fn user_specs_are_checked() {
+        for good in ["nobody", "0", "1234:5678", "app:staff", "app:0", "2147483647"] {
+            assert_eq!(parse_user(good).unwrap(), good);
+        }
+        for (bad, why) in [
+            ("", "the user is empty"),
+            (":staff", "the user is empty"),
+            ("app:", "the group after ':' is empty"),
+            ("a:b:c", "more than one ':'"),
+            ("a\0b", "control character"),
+            ("a\nb", "control character"),
+            ("4294967295", "out of range"),
+            ("1:99999999999", "out of range"),
+        ] {
+            let msg = parse_user(bad).unwrap_err().to_string();
+            assert!(msg.contains(why) && msg.contains("USER[:GROUP]"), "{bad:?}: {msg}");
+        }
+        let cfg = SandboxConfig { user: Some("a:b:c".into()), ..Default::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("invalid user"));
     }
 
     #[test]

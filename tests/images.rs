@@ -1,7 +1,7 @@
 //! Sandboxes on store images: pulled from a real registry on loopback
 //! (Debian's docker-registry, started by the test; the image is the
 //! busybox rootfs plus a layer with a whiteout and a config with env,
-//! workdir and entrypoint, built with umoci and pushed with skopeo),
+//! workdir, entrypoint and user, built with umoci and pushed with skopeo),
 //! imported from an OCI layout, listed, and removed while in use.
 
 mod common;
@@ -54,8 +54,11 @@ fn registry_images_pull_run_reset_and_rmi() {
     assert_eq!(list[0]["references"][0], reference.as_str(), "{list}");
     assert_eq!(list[0]["layers"], 2);
 
-    // The image's layers, whiteout and config reach the sandbox.
-    let cfg = root.config(Image::Ref(reference.clone()));
+    // The image's layers, whiteout and config reach the sandbox. As root:
+    // the changes below must be possible for the reset to undo them (the
+    // image's User, 1000:1000, applies otherwise: see tests/user.rs).
+    let mut cfg = root.config(Image::Ref(reference.clone()));
+    cfg.user = Some("root".into());
     let sb = Sandbox::create(&cfg, "reg").unwrap();
     let o = sb.run("pwd; echo $GREETING; cat hello; test -e /etc/group; echo $?; busybox true && echo busybox").unwrap();
     assert_eq!(o.stdout_str(), "/work\nhello\nhello from layer 2\n1\nbusybox\n", "{o:?}");
@@ -91,8 +94,8 @@ fn create_pulls_missing_images_and_imports_oci_layouts() {
     let reference = format!("{}/lib/app:v1", reg.host());
     let o = envbox(&root, &["create", "a", "--image", &reference, "--env", "GREETING=override"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let o = envbox(&root, &["exec", "a", "echo $GREETING; pwd"]);
-    assert_eq!(text(&o.stdout), "override\n/work\n", "the caller's env wins over the image's");
+    let o = envbox(&root, &["exec", "a", "echo $GREETING; pwd; id -u"]);
+    assert_eq!(text(&o.stdout), "override\n/work\n1000\n", "the caller's env wins over the image's; its User applies");
     // An OCI layout on disk, as a local source; its layers are the same
     // content, so nothing new is unpacked.
     let layers = layer_count(&root);

@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod proto;
 pub mod setup;
 pub mod shell;
+pub mod user;
 pub mod worker;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -96,6 +97,10 @@ pub struct AgentConfig {
     /// The seccomp filter of the shell, the env worker and the env server.
     #[serde(default)]
     pub seccomp: crate::security::seccomp::SeccompPolicy,
+    /// The user they run as, `USER[:GROUP]`, resolved by the agent in the
+    /// sandbox's /etc/passwd and /etc/group (see [`user`]); `None`: root.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// The agent's answer to the setup.
@@ -219,6 +224,12 @@ pub fn main() -> i32 {
         Ok(h) => h,
         Err(e) => return startup_failed(&mut control, &crate::error::chain(&e)),
     };
+    // Inside the sandbox's root now: its own user database names the user,
+    // once, before anything runs (an unknown name fails the create).
+    let user = match cfg.user.as_deref().map(user::resolve_in_sandbox).transpose() {
+        Ok(u) => u,
+        Err(e) => return startup_failed(&mut control, &crate::error::chain(&e)),
+    };
     // The shell's pipes register with the runtime's reactor.
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -226,13 +237,13 @@ pub fn main() -> i32 {
     };
     let _guard = rt.enter();
     let env = match &cfg.serve {
-        Some(serve) => match EnvEndpoints::new(serve, &cfg, env_fds, oom.as_ref()) {
+        Some(serve) => match EnvEndpoints::new(serve, &cfg, user.clone(), env_fds, oom.as_ref()) {
             Ok(e) => Some(e),
             Err(e) => return startup_failed(&mut control, &format!("setting up the environment's endpoints failed: {e}")),
         },
         None => None,
     };
-    let mut manager = Manager::new(cfg, handles, oom, env.as_ref().map(|e| e.dispatcher.clone()));
+    let mut manager = Manager::new(cfg, handles, user, oom, env.as_ref().map(|e| e.dispatcher.clone()));
     let reply = proto::json(&StartupReply { error: None });
     if proto::write_frame(&mut control, kind::PONG, &reply).is_err() {
         return 1;
@@ -267,6 +278,7 @@ impl EnvEndpoints {
     fn new(
         serve: &crate::config::ServeConfig,
         cfg: &AgentConfig,
+        user: Option<user::User>,
         fds: (Option<OwnedFd>, Option<OwnedFd>, Option<OwnedFd>),
         oom: Option<&File>,
     ) -> std::io::Result<Self> {
@@ -279,7 +291,7 @@ impl EnvEndpoints {
         }
         let log = File::from(log.ok_or_else(|| std::io::Error::other("no environment log was passed"))?);
         let sink = worker::LogSink::new(log, ENV_LOG_CAP);
-        let spec = worker::ProcessSpec { python: serve.python.clone(), app_dir: serve.app_dir.clone(), env: cfg.env.clone() };
+        let spec = worker::ProcessSpec { python: serve.python.clone(), app_dir: serve.app_dir.clone(), env: cfg.env.clone(), user };
         let backend = if dispatch::uses_worker(serve.kind) {
             let oom = oom.and_then(|f| f.try_clone().ok());
             dispatch::Backend::Function(worker::Worker::new(spec, sink, oom))
@@ -465,6 +477,8 @@ enum Completion {
 struct Manager {
     cfg: AgentConfig,
     handles: HostHandles,
+    /// The user the shell runs as (`None`: root), resolved at start.
+    user: Option<user::User>,
     shell: Option<Shell>,
     generation: Rc<std::cell::RefCell<String>>,
     pending: VecDeque<Job>,
@@ -483,14 +497,20 @@ struct StreamState {
 }
 
 impl Manager {
-    fn new(cfg: AgentConfig, handles: HostHandles, oom: Option<File>, env: Option<Rc<dispatch::Dispatcher>>) -> Self {
+    fn new(
+        cfg: AgentConfig,
+        handles: HostHandles,
+        user: Option<user::User>,
+        oom: Option<File>,
+        env: Option<Rc<dispatch::Dispatcher>>,
+    ) -> Self {
         let generation = Rc::new(std::cell::RefCell::new(cfg.generation.clone()));
-        Manager { cfg, handles, shell: None, generation, pending: VecDeque::new(), oom, env, leases: Vec::new() }
+        Manager { cfg, handles, user, shell: None, generation, pending: VecDeque::new(), oom, env, leases: Vec::new() }
     }
 
     fn ensure_shell(&mut self) -> std::io::Result<()> {
         if self.shell.is_none() {
-            let sh = shell::spawn(&shell::ShellSpec { env: &self.cfg.env, workdir: &self.cfg.workdir })?;
+            let sh = shell::spawn(&shell::ShellSpec { env: &self.cfg.env, workdir: &self.cfg.workdir, user: self.user.as_ref() })?;
             watch_pid(sh.pid);
             self.shell = Some(sh);
         }

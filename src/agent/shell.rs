@@ -28,7 +28,9 @@ use std::process::{Command, Stdio};
 
 use tokio::net::unix::pipe;
 
-use crate::{security, sys};
+use super::user::{self, User};
+use crate::security::{self, UserIds};
+use crate::sys;
 
 /// A running shell process and our ends of its pipes.
 pub struct Shell {
@@ -45,6 +47,8 @@ pub struct Shell {
 pub struct ShellSpec<'a> {
     pub env: &'a [(String, String)],
     pub workdir: &'a str,
+    /// The user it runs as; `None`: root.
+    pub user: Option<&'a User>,
 }
 
 /// The default PATH of the shell.
@@ -71,12 +75,15 @@ pub fn spawn(spec: &ShellSpec<'_>) -> io::Result<Shell> {
     let (signal_r, signal_w) = pipe_pair()?;
     let (program, args) = shell_program();
     let mut cmd = Command::new(program);
-    cmd.args(args).env_clear().env("PATH", DEFAULT_PATH).env("HOME", "/root");
+    cmd.args(args).env_clear().env("PATH", DEFAULT_PATH);
+    for (k, v) in user::base_env(spec.user) {
+        cmd.env(k, v);
+    }
     for (k, v) in spec.env {
         cmd.env(k, v);
     }
     cmd.stdin(Stdio::from(stdin_r)).stdout(Stdio::from(stdout_w)).stderr(Stdio::from(stderr_w));
-    confine(&mut cmd, vec![(signal_w.as_raw_fd(), 3)], open_workdir(spec.workdir)?);
+    confine(&mut cmd, vec![(signal_w.as_raw_fd(), 3)], open_workdir(spec.workdir)?, spec.user.map(|u| &u.ids));
     let child = cmd.spawn()?;
     drop(signal_w);
     // The std Child handle is not used to wait: the agent, as PID 1, reaps
@@ -115,10 +122,15 @@ pub fn open_workdir(dir: &str) -> io::Result<OwnedFd> {
 /// Makes `cmd` start the way every process the agent runs for the user
 /// starts: in the directory `cwd` (from [`open_workdir`]), `fds` (source,
 /// target) dup'ed into place, a session of its own,
-/// a normal OOM score, the default capability set, no_new_privs, a
-/// non-dumpable exec (`sys::make_next_exec_undumpable`) and, last of all,
-/// the seccomp filter the agent prepared (`security::seccomp`).
-pub fn confine(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>, cwd: OwnedFd) {
+/// a normal OOM score, the default capability set, no_new_privs, the
+/// user's groups and ids when `user` is given (`security::switch_user`;
+/// a non-zero uid keeps no capability), a non-dumpable exec and, last of
+/// all, the seccomp filter the agent prepared (`security::seccomp`).
+///
+/// The ids are resolved before the fork (`agent::user`): the hook only
+/// copies them into syscalls.
+pub fn confine(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>, cwd: OwnedFd, user: Option<&UserIds>) {
+    let user = user.cloned();
     let hook = move || -> io::Result<()> {
         nix::unistd::fchdir(cwd.as_raw_fd()).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
         for &(src, dst) in &fds {
@@ -129,16 +141,45 @@ pub fn confine(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>, cwd: OwnedFd) {
         // not inherit that, or an OOM would pick nothing killable.
         std::fs::write("/proc/self/oom_score_adj", "0")?;
         security::drop_privileges().map_err(io::Error::other)?;
+        if let Some(ids) = &user {
+            if !ids.uid.is_root() {
+                give_output_pipes(ids)?;
+            }
+            // Last use of CAP_SETGID and CAP_SETUID: a non-zero uid drops
+            // every capability here.
+            security::switch_user(ids).map_err(io::Error::other)?;
+        }
         // The exec'd program will not be dumpable, so what it runs cannot
         // open its /proc/<pid>/fd/* (the command stream on stdin, the
         // signal pipe) or its memory (the nonce) (SECURITY.md P8, S6, S7).
         // Before the filter, which a policy file could make deny prctl.
-        sys::make_next_exec_undumpable()?;
+        // For a non-zero uid, `switch_user` has arranged that already.
+        if user.as_ref().map_or(true, |ids| ids.uid.is_root()) {
+            sys::make_next_exec_undumpable()?;
+        }
         // Last: from here on mount, ptrace, unshare… fail with EPERM.
         security::seccomp::apply()?;
         Ok(())
     };
     crate::sys::set_pre_exec(cmd, hook);
+}
+
+/// Hands the pipes on stdout and stderr (made by the agent, so owned by
+/// root, mode 0600) to the user, as runc's `fixStdioPermissions` does: a
+/// program that reopens its output by path (`echo x > /dev/stdout`, a log
+/// file named /dev/stderr) opens `/proc/self/fd/N`, which checks the pipe's
+/// owner. Only pipes: /dev/null stays root's. stdin is left alone: the
+/// shell's is the command stream, and what it runs gets /dev/null.
+/// Allocation-free: runs in the pre-exec hook, before `switch_user`
+/// (needs CAP_CHOWN).
+fn give_output_pipes(ids: &UserIds) -> io::Result<()> {
+    for fd in [1, 2] {
+        let st = nix::sys::stat::fstat(fd).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFIFO {
+            nix::unistd::fchown(fd, Some(ids.uid), Some(ids.gid)).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        }
+    }
+    Ok(())
 }
 
 /// Single-quotes `cmd` for the shell: `'` becomes `'\''`. Any byte string

@@ -94,6 +94,8 @@ pub struct ProcessSpec {
     pub python: Option<String>,
     pub app_dir: String,
     pub env: Vec<(String, String)>,
+    /// The user they run as; `None`: root.
+    pub user: Option<super::user::User>,
 }
 
 impl ProcessSpec {
@@ -109,12 +111,20 @@ impl ProcessSpec {
 
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        cmd.env_clear().env("PATH", DEFAULT_PATH).env("HOME", "/root").env("PYTHONDONTWRITEBYTECODE", "1");
+        cmd.env_clear().env("PATH", DEFAULT_PATH);
+        for (k, v) in super::user::base_env(self.user.as_ref()) {
+            cmd.env(k, v);
+        }
+        cmd.env("PYTHONDONTWRITEBYTECODE", "1");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
         cmd.stdin(Stdio::null());
         cmd
+    }
+
+    fn user_ids(&self) -> Option<&crate::security::UserIds> {
+        self.user.as_ref().map(|u| &u.ids)
     }
 }
 
@@ -278,7 +288,12 @@ impl Worker {
         let mut cmd = self.spec.command(&self.spec.python());
         cmd.arg("-u").arg("-c").arg(WORKER_PY).arg(env_py);
         cmd.stdout(Stdio::from(out_w.try_clone()?)).stderr(Stdio::from(out_w));
-        shell::confine(&mut cmd, vec![(req_r.as_raw_fd(), 3), (resp_w.as_raw_fd(), 4)], shell::open_workdir(&self.spec.app_dir)?);
+        shell::confine(
+            &mut cmd,
+            vec![(req_r.as_raw_fd(), 3), (resp_w.as_raw_fd(), 4)],
+            shell::open_workdir(&self.spec.app_dir)?,
+            self.spec.user_ids(),
+        );
         let child = cmd.spawn()?;
         drop(cmd); // closes our copies of the child's ends
         drop((req_r, resp_w));
@@ -497,7 +512,7 @@ impl Upstream {
             let mut cmd = self.spec.command(&argv[0]);
             cmd.args(&argv[1..]).env("PORT", self.port.to_string());
             cmd.stdout(Stdio::from(out_w.try_clone()?)).stderr(Stdio::from(out_w));
-            shell::confine(&mut cmd, Vec::new(), shell::open_workdir(&self.spec.app_dir)?);
+            shell::confine(&mut cmd, Vec::new(), shell::open_workdir(&self.spec.app_dir)?, self.spec.user_ids());
             let child = cmd.spawn()?;
             super::watch_pid(i32::try_from(child.id()).unwrap_or(0));
             Ok(out_r)

@@ -16,6 +16,10 @@ pub struct Args {
     /// Working directory inside the sandbox (created if missing).
     #[arg(long, default_value = "/")]
     workdir: String,
+    /// Run the shell (and every command) as USER[:GROUP]: names from the image's
+    /// /etc/passwd and /etc/group, or numeric ids; default: the image's User, else root.
+    #[arg(long, value_name = "USER[:GROUP]", value_parser = config::parse_user)]
+    user: Option<String>,
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(long = "env", value_parser = config::parse_env)]
     env: Vec<(String, String)>,
@@ -66,6 +70,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         root: root.to_path_buf(),
         detached: true,
         seccomp: a.seccomp,
+        user: a.user,
         ..Default::default()
     };
     let sb = Sandbox::create(&cfg, &a.name)?;

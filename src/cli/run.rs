@@ -22,6 +22,11 @@ pub struct Args {
     /// function or http; default: detected from env.py like the reference framework does.
     #[arg(long = "type")]
     kind: Option<EnvKind>,
+    /// Run the environment's processes as USER[:GROUP]: names from the image's
+    /// /etc/passwd and /etc/group, or numeric ids; default: the image's User, else root.
+    /// --dir must then be readable by that user.
+    #[arg(long, value_name = "USER[:GROUP]", value_parser = config::parse_user)]
+    user: Option<String>,
     /// Environment variable for the environment (repeatable).
     #[arg(long = "env", short = 'e', value_parser = config::parse_env)]
     env: Vec<(String, String)>,
@@ -177,6 +182,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
             }),
             group: Some(name.clone()),
             seccomp: a.seccomp.clone(),
+            user: a.user.clone(),
             ..SandboxConfig::default()
         };
         match Sandbox::create(&cfg, sb_name) {

@@ -88,6 +88,8 @@ pub struct Resolved {
     pub working_dir: Option<String>,
     /// Entrypoint followed by cmd.
     pub command: Vec<String>,
+    /// The image's `User` (`USER[:GROUP]`), if it names one.
+    pub user: Option<String>,
     /// The store image (of a snapshot: the one it was taken on), if any.
     pub image_id: Option<String>,
     /// A lease on the image or snapshot: a shared flock whose fd the
@@ -116,6 +118,7 @@ pub fn resolve(root: &Path, spec: &str) -> Result<Resolved> {
         env: image.config.env_pairs(),
         working_dir: image.config.working_dir.clone(),
         command: image.config.command(),
+        user: image.config.user.clone(),
         image_id: Some(image.id.to_string()),
         lease,
     })

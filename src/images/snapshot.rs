@@ -38,6 +38,10 @@ pub struct Snapshot {
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     pub command: Vec<String>,
+    /// The user the sandbox ran as (`USER[:GROUP]`; `None`: root):
+    /// sandboxes made from the snapshot run as it too unless told otherwise.
+    #[serde(default)]
+    pub user: Option<String>,
     /// The store image the layers below come from, kept from the store's
     /// garbage collection while this snapshot exists.
     pub image_id: Option<String>,
@@ -77,6 +81,7 @@ impl Snapshot {
             env: self.env.clone(),
             working_dir: self.working_dir.clone(),
             command: self.command.clone(),
+            user: self.user.clone(),
             image_id: self.image_id.clone(),
             lease: lease(root, &self.id)?,
         })

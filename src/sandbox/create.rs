@@ -175,6 +175,9 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
     let image_id = image.as_ref().and_then(|i| i.image_id.clone());
     let image_command = image.as_ref().map(|i| i.command.clone()).unwrap_or_default();
     let working_dir = image.as_ref().and_then(|i| i.working_dir.clone());
+    // The user: the caller's, else the image's (a snapshot's: the one its
+    // sandbox ran as), else root. The agent looks names up inside.
+    let user = config.user.clone().or_else(|| image.as_ref().and_then(|i| i.user.clone()));
     let lease = image.map(|i| i.lease);
     let workdir = match working_dir {
         Some(dir) if config.workdir == "/" && dir.starts_with('/') => dir,
@@ -198,6 +201,7 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         env: env.clone(),
         workdir: workdir.clone(),
         image_command,
+        user: user.clone(),
     };
     st.write(&dir).map_err(|e| fail(&mut undo, io("writing state.json")(e)))?;
 
@@ -289,6 +293,7 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         disk_bytes: config.limits.disk_bytes,
         fs: config.fs,
         seccomp,
+        user,
     };
     proto::write_frame(&mut control, proto::kind::EXEC, &proto::json(&agent_cfg))
         .map_err(|e| fail(&mut undo, io("sending the agent its config")(e)))?;

@@ -50,6 +50,7 @@ impl Sandbox {
             env: st.env.clone(),
             working_dir,
             command: st.image_command.clone(),
+            user: st.user.clone(),
             image_id: st.image_id.clone(),
             source: self.name.clone(),
             created: super::state::now_unix(),

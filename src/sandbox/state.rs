@@ -58,6 +58,10 @@ pub struct State {
     /// The image's entrypoint and cmd.
     #[serde(default)]
     pub image_command: Vec<String>,
+    /// The user its processes run as, `USER[:GROUP]`, as create chose it:
+    /// the caller's, else the image's; `None`: root.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 pub const STATE_FILE: &str = "state.json";
