@@ -278,8 +278,14 @@ fn a_built_image_is_pushed_and_pulled_back_elsewhere() {
     fs::create_dir_all(&ctx).unwrap();
     fs::write(ctx.join("tool.sh"), "#!/bin/sh\necho tool ran\n").unwrap();
     fs::set_permissions(ctx.join("tool.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-    fs::write(ctx.join("Dockerfile"), format!("FROM {}\nCOPY tool.sh /usr/local/bin/tool\nRUN tool > /ran.txt\nENV MODE=pushed\n", base()))
-        .unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nCOPY tool.sh /usr/local/bin/tool\nRUN tool > /ran.txt\nENV MODE=pushed\nUSER nobody\nRUN id -un > /tmp/who\n",
+            base()
+        ),
+    )
+    .unwrap();
     let target = format!("{}/team/built:v1", reg.host());
     let log = ok(&envbox(&root, &["build", &ctx.display().to_string(), "--tag", &target, "--push"]));
     assert!(log.contains(&format!("pushed {target}")), "{log}");
@@ -291,8 +297,9 @@ fn a_built_image_is_pushed_and_pulled_back_elsewhere() {
     let other = TestRoot::new("build-pull");
     ok(&envbox(&other, &["pull", &target]));
     let sb = Sandbox::create(&other.config(Image::Ref(target.clone())), "pulled").unwrap();
-    let o = sb.run("cat /ran.txt; tool; echo $MODE").unwrap();
-    assert_eq!(o.stdout_str(), "tool ran\ntool ran\npushed\n");
+    // RUN after USER ran as that user, and so do the image's sandboxes.
+    let o = sb.run("cat /ran.txt; tool; echo $MODE; cat /tmp/who; id -un; stat -c %U /tmp/who").unwrap();
+    assert_eq!(o.stdout_str(), "tool ran\ntool ran\npushed\nnobody\nnobody\nnobody\n");
     sb.delete_and_wait().unwrap();
     // A push of something that is not in the store says so.
     let o = envbox(&other, &["push", "nothing:here"]);

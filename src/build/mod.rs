@@ -486,6 +486,8 @@ impl Builder<'_> {
             env,
             network: self.opts.network,
             root: self.opts.root.clone(),
+            // The USER in effect now, which the image so far may not record yet.
+            user: self.config.user.clone(),
             ..SandboxConfig::default()
         };
         let name = format!("envbox-build-{}", &crate::agent::shell::new_nonce()[..12]);
