@@ -50,42 +50,7 @@ impl Image {
     /// layers. Symlinks are never followed (a path through one gives `None`). At most `max`
     /// bytes.
     pub fn read_file(&self, path: &str, max: u64) -> Option<Vec<u8>> {
-        let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
-        if comps.is_empty() || comps.contains(&"..") {
-            return None;
-        }
-        for layer in self.layers.iter().rev() {
-            let mut dir = layer.clone();
-            // an opaque directory on the way hides the lower layers' version of the path
-            let mut hidden_below = false;
-            for (i, c) in comps.iter().enumerate() {
-                let p = dir.join(c);
-                let Ok(md) = fs::symlink_metadata(&p) else { break };
-                let ft = md.file_type();
-                if ft.is_char_device() && md.rdev() == 0 {
-                    return None; // whited out here
-                }
-                if i + 1 == comps.len() {
-                    if !ft.is_file() {
-                        return None;
-                    }
-                    let mut out = Vec::new();
-                    fs::File::open(&p).ok()?.take(max).read_to_end(&mut out).ok()?;
-                    return Some(out);
-                }
-                if !ft.is_dir() {
-                    return None; // a symlink or file where a directory is needed
-                }
-                if is_opaque(&p) {
-                    hidden_below = true;
-                }
-                dir = p;
-            }
-            if hidden_below {
-                return None;
-            }
-        }
-        None
+        read_layered_file(&self.layers, path, max)
     }
 
     /// The image's `User` as (uid, gid), looking names up in the image's own /etc/passwd
@@ -139,6 +104,47 @@ impl Image {
         let parts: Vec<String> = self.layers.iter().rev().map(|p| p.display().to_string()).collect();
         parts.join(":")
     }
+}
+
+/// [`Image::read_file`] over a stack of layer directories (bottom to top), e.g. a
+/// snapshot's.
+pub fn read_layered_file(layers: &[PathBuf], path: &str, max: u64) -> Option<Vec<u8>> {
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    if comps.is_empty() || comps.contains(&"..") {
+        return None;
+    }
+    for layer in layers.iter().rev() {
+        let mut dir = layer.clone();
+        // an opaque directory on the way hides the lower layers' version of the path
+        let mut hidden_below = false;
+        for (i, c) in comps.iter().enumerate() {
+            let p = dir.join(c);
+            let Ok(md) = fs::symlink_metadata(&p) else { break };
+            let ft = md.file_type();
+            if ft.is_char_device() && md.rdev() == 0 {
+                return None; // whited out here
+            }
+            if i + 1 == comps.len() {
+                if !ft.is_file() {
+                    return None;
+                }
+                let mut out = Vec::new();
+                fs::File::open(&p).ok()?.take(max).read_to_end(&mut out).ok()?;
+                return Some(out);
+            }
+            if !ft.is_dir() {
+                return None; // a symlink or file where a directory is needed
+            }
+            if is_opaque(&p) {
+                hidden_below = true;
+            }
+            dir = p;
+        }
+        if hidden_below {
+            return None;
+        }
+    }
+    None
 }
 
 fn is_opaque(dir: &Path) -> bool {

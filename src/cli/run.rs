@@ -119,7 +119,15 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
                 }
             }
         }
-        (None, None) => EnvKind::Function,
+        // The image's own /app/env.py decides, as the reference's build does.
+        (None, None) => match a.image.as_deref().map(Image::parse) {
+            Some(Image::Ref(spec)) => {
+                let env_py = envbox::images::read_file(root, &spec, "/app/env.py")?;
+                env_py.map_or(EnvKind::Function, |b| EnvKind::detect(&String::from_utf8_lossy(&b)))
+            }
+            Some(Image::Dir(dir)) => std::fs::read_to_string(dir.join("app/env.py")).map_or(EnvKind::Function, |t| EnvKind::detect(&t)),
+            _ => EnvKind::Function,
+        },
     };
     if let Some(dir) = &a.dir {
         volumes.push(Volume { host: config::absolute(dir), container: "/app".into(), read_only: true });

@@ -128,6 +128,13 @@ fn lease_fd(lease: &Lease) -> std::io::Result<OwnedFd> {
     std::os::fd::AsFd::as_fd(lease).try_clone_to_owned()
 }
 
+/// A regular file of an image (pulled or imported when missing, like `--image`) as its
+/// sandboxes would see it; `None` when it has no such file. At most 16 MiB.
+pub fn read_file(root: &Path, spec: &str, path: &str) -> Result<Option<Vec<u8>>> {
+    let r = resolve(root, spec)?;
+    Ok(envbox_rootfs::image::read_layered_file(&r.layers, path, 16 << 20))
+}
+
 /// Untags `spec` and removes the layers nothing refers to any more (no
 /// tag, and no lease: images of running sandboxes stay).
 pub fn remove(root: &Path, spec: &str) -> Result<envbox_rootfs::GcReport> {
