@@ -79,43 +79,98 @@ fn glob_path(pat: &[String], comps: &[&str]) -> bool {
 }
 
 /// One path component against one pattern segment: `*`, `?`, `[abc]`, `[a-z]`, `[!x]`, `\x`.
+/// Linear backtracking on the last `*` only, so no pattern can make it exponential.
 pub fn glob(pat: &str, name: &str) -> bool {
-    let p: Vec<char> = pat.chars().collect();
+    let toks = tokens(pat);
     let n: Vec<char> = name.chars().collect();
-    glob_at(&p, &n)
+    let (mut t, mut i) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while i < n.len() {
+        match toks.get(t) {
+            Some(Tok::Star) => {
+                star = Some((t, i));
+                t += 1;
+                continue;
+            }
+            Some(tok) if tok.matches(n[i]) => {
+                t += 1;
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        match star {
+            // Let the last `*` take one more character and retry from there.
+            Some((st, si)) => {
+                star = Some((st, si + 1));
+                t = st + 1;
+                i = si + 1;
+            }
+            None => return false,
+        }
+    }
+    toks[t..].iter().all(|k| matches!(k, Tok::Star))
 }
 
-fn glob_at(p: &[char], n: &[char]) -> bool {
-    match p.first() {
-        None => n.is_empty(),
-        Some('*') => (0..=n.len()).any(|i| glob_at(&p[1..], &n[i..])),
-        Some('?') => !n.is_empty() && glob_at(&p[1..], &n[1..]),
-        Some('[') => {
-            let Some(close) = p.iter().skip(1).position(|c| *c == ']').map(|i| i + 1) else {
-                return n.first() == Some(&'[') && glob_at(&p[1..], &n[1..]);
-            };
-            let Some(&c) = n.first() else { return false };
-            let mut class = &p[1..close];
-            let negate = matches!(class.first(), Some('!' | '^'));
-            if negate {
-                class = &class[1..];
-            }
-            let mut hit = false;
-            let mut i = 0;
-            while i < class.len() {
-                if i + 2 < class.len() && class[i + 1] == '-' {
-                    hit |= class[i] <= c && c <= class[i + 2];
-                    i += 3;
-                } else {
-                    hit |= class[i] == c;
-                    i += 1;
-                }
-            }
-            hit != negate && glob_at(&p[close + 1..], &n[1..])
+enum Tok {
+    Star,
+    Any,
+    Lit(char),
+    Class { negate: bool, items: Vec<(char, char)> },
+}
+
+impl Tok {
+    fn matches(&self, c: char) -> bool {
+        match self {
+            Tok::Star => false,
+            Tok::Any => true,
+            Tok::Lit(l) => *l == c,
+            Tok::Class { negate, items } => items.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negate,
         }
-        Some('\\') if p.len() > 1 => n.first() == Some(&p[1]) && glob_at(&p[2..], &n[1..]),
-        Some(c) => n.first() == Some(c) && glob_at(&p[1..], &n[1..]),
     }
+}
+
+fn tokens(pat: &str) -> Vec<Tok> {
+    let p: Vec<char> = pat.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '*' => out.push(Tok::Star),
+            '?' => out.push(Tok::Any),
+            '\\' if i + 1 < p.len() => {
+                i += 1;
+                out.push(Tok::Lit(p[i]));
+            }
+            '[' => match p[i + 1..].iter().position(|c| *c == ']') {
+                Some(len) => {
+                    let mut class = &p[i + 1..i + 1 + len];
+                    let negate = matches!(class.first(), Some('!' | '^'));
+                    if negate {
+                        class = &class[1..];
+                    }
+                    let mut items = Vec::new();
+                    let mut j = 0;
+                    while j < class.len() {
+                        if j + 2 < class.len() && class[j + 1] == '-' {
+                            items.push((class[j], class[j + 2]));
+                            j += 3;
+                        } else {
+                            items.push((class[j], class[j]));
+                            j += 1;
+                        }
+                    }
+                    out.push(Tok::Class { negate, items });
+                    i += len + 1;
+                }
+                // An unclosed '[' is a literal.
+                None => out.push(Tok::Lit('[')),
+            },
+            c => out.push(Tok::Lit(c)),
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Why a COPY source cannot be used.
@@ -274,6 +329,13 @@ mod tests {
         assert!(!glob("[!a-c]x", "bx"));
         assert!(glob("\\*", "*"));
         assert!(!glob("\\*", "a"));
+        assert!(glob("*a*b", "xxaxxb"));
+        assert!(!glob("*a*b", "xxaxxc"));
+        assert!(glob("[", "["));
+        assert!(glob("**", ""));
+        // No exponential backtracking.
+        let long = "a".repeat(5000);
+        assert!(!glob("*a*a*a*a*a*a*a*a*a*a*b", &long));
     }
 
     #[test]
