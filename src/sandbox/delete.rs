@@ -73,18 +73,7 @@ pub(super) fn remove_leftovers(root: &Path, dir: &Path, st: Option<&State>, wait
     first_err.map_or(Ok(()), Err)
 }
 
-/// Deletes a sandbox. `keep`: (a directory of the sandbox, where to move it) once every
-/// process is gone and before the rest is removed: `Sandbox::finish_into` keeps an upper
-/// layer this way.
-pub(super) fn delete(
-    root: &Path,
-    dir: &Path,
-    st: &State,
-    pidfd: &OwnedFd,
-    parent: bool,
-    wait: Wait,
-    keep: Option<(&Path, &Path)>,
-) -> Result<()> {
+pub(super) fn delete(root: &Path, dir: &Path, st: &State, pidfd: &OwnedFd, parent: bool, wait: Wait) -> Result<()> {
     // Step 1: SIGKILL PID 1 through its pidfd (never a reused pid). ESRCH:
     // it is already gone, which is what we want.
     let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
@@ -106,11 +95,6 @@ pub(super) fn delete(
             _ => break None,
         }
     };
-    let kept = keep.map(|(from, to)| {
-        std::fs::rename(from, to).map_err(|source| Error::Io { step: "keeping the sandbox's upper layer", name: st.name.clone(), source })
-    });
     // Step 4: cgroups, then directories.
-    let removed = remove_leftovers(root, dir, Some(st), wait);
-    kept.transpose()?;
-    removed
+    remove_leftovers(root, dir, Some(st), wait)
 }

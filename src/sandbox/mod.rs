@@ -335,7 +335,7 @@ impl Sandbox {
         }
         self.deleted = true;
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        delete::delete(&self.root, &self.dir, &self.state, &self.pidfd, self.parent, wait, None)
+        delete::delete(&self.root, &self.dir, &self.state, &self.pidfd, self.parent, wait)
     }
 
     /// Stops the sandbox and keeps what its processes changed — its current upper layer,
@@ -351,10 +351,24 @@ impl Sandbox {
             return Err(refuse("its upper layer is a --disk tmpfs, which goes away with it"));
         }
         let generation = self.ping()?;
+        if generation.is_empty() || !generation.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(refuse("its agent named an invalid generation"));
+        }
         let upper = self.dir.join("gen").join(generation).join("u0");
+        // Moved while the sandbox lives and its agent holds the state lock, so garbage
+        // collection (which takes a dead sandbox's lock) can never remove it first. A
+        // process the command left behind may still write into it until the kill below;
+        // once `delete` returns the whole PID namespace is gone and the layer is still.
+        let kept = std::fs::rename(&upper, dest).map_err(|source| Error::Io {
+            step: "keeping the sandbox's upper layer",
+            name: self.name.clone(),
+            source,
+        });
         self.deleted = true;
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        delete::delete(&self.root, &self.dir, &self.state, &self.pidfd, self.parent, delete::Wait::Sync, Some((&upper, dest)))
+        let deleted = delete::delete(&self.root, &self.dir, &self.state, &self.pidfd, self.parent, delete::Wait::Sync);
+        kept?;
+        deleted
     }
 }
 
