@@ -437,6 +437,10 @@ impl Store {
         for e in fs::read_dir(&tmp).map_err(io_err("listing", &tmp))? {
             let e = e.map_err(io_err("listing", &tmp))?;
             let p = e.path();
+            // A push or an import works in tmp/ outside the store lock: keep a live owner's.
+            if tmp_owner_alive(&e.file_name().to_string_lossy()) {
+                continue;
+            }
             let r = if e.file_type().is_ok_and(|t| t.is_dir()) { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
             r.map_err(io_err("removing", &p))?;
             report.tmp_removed += 1;
@@ -451,7 +455,14 @@ impl Store {
     /// Tagged `tag` if given; an untagged image lives while a lease or a `keep` entry of
     /// [`Store::gc`] holds it. The config has no `created` time, so the same inputs give
     /// the same image id.
-    pub fn commit(&self, base: Option<&Image>, layer_tars: &[PathBuf], config: &RunConfig, tag: Option<&Reference>) -> Result<Image> {
+    /// Returns the image with a lease on it, taken before any garbage collection can run.
+    pub fn commit(
+        &self,
+        base: Option<&Image>,
+        layer_tars: &[PathBuf],
+        config: &RunConfig,
+        tag: Option<&Reference>,
+    ) -> Result<(Image, Lease)> {
         let mut tars = Vec::with_capacity(layer_tars.len());
         for path in layer_tars {
             let f = File::open(path).map_err(io_err("opening layer tar", path))?;
@@ -478,7 +489,12 @@ impl Store {
             layers: vec![None; n],
             locators: diff_ids.iter().map(|d| format!("layer {d}")).collect(),
         };
-        self.install(tag, resolved, &LocalTars(tars), &Limits::default(), 2).map(|(img, _)| img)
+        // Held across install and lease: an untagged image must not meet gc in between.
+        let _shared = self.lock("store.lock", FlockOperation::LockShared)?;
+        let (img, _) = self.install(tag, resolved, &LocalTars(tars), &Limits::default(), 2)?;
+        let file = self.lock(&format!("leases/{}", img.id.hex()), FlockOperation::LockShared)?;
+        let lease = Lease { file, id: img.id.clone() };
+        Ok((img, lease))
     }
 
     /// Installs a resolved image: verifies the config, fetches and unpacks missing layers
@@ -626,6 +642,14 @@ impl Store {
             _ => Ok(unpack::unpack_blob(opened.reader, &rootfs, Some(&spec.diff_id), limits).map_err(wrap)?.tar_bytes),
         }
     }
+}
+
+/// Whether the process that made a `tmp/` entry (`<what>-<pid>-<n>-<nanos>`, see
+/// [`Store::temp_dir`]) still runs. Names from elsewhere count as dead.
+fn tmp_owner_alive(name: &str) -> bool {
+    let mut fields = name.rsplitn(4, '-');
+    let (_nanos, _n, pid) = (fields.next(), fields.next(), fields.next());
+    pid.and_then(|p| p.parse::<u32>().ok()).is_some_and(|pid| pid != 0 && Path::new("/proc").join(pid.to_string()).exists())
 }
 
 /// The layer tars of [`Store::commit`], found by diff_id. Layers of the base are in the
