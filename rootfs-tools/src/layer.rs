@@ -107,11 +107,15 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
 
 /// The xattrs the unpacker applies, sorted by name.
 fn wanted_xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    // Grown on ERANGE: a file may have more names than one page holds.
     let mut names = vec![0u8; 4096];
-    let n = match rustix::fs::llistxattr(path, &mut names) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(with_path(path, e.into())),
+    let n = loop {
+        match rustix::fs::llistxattr(path, &mut names[..]) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(rustix::io::Errno::RANGE) if names.len() < (1 << 20) => names.resize(names.len() * 4, 0),
+            Err(e) => return Err(with_path(path, e.into())),
+        }
     };
     let mut out = Vec::new();
     for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
@@ -126,6 +130,21 @@ fn wanted_xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Overlay metadata that a plain layer cannot express: a redirected directory or a
+/// metacopy file (data elsewhere). Writing such an entry would silently corrupt the layer.
+fn refuse_overlay_metadata(path: &Path) -> io::Result<()> {
+    let mut buf = [0u8; 256];
+    for x in ["trusted.overlay.redirect", "trusted.overlay.metacopy"] {
+        if rustix::fs::lgetxattr(path, x, &mut buf).is_ok() {
+            return Err(with_path(
+                path,
+                io::Error::other(format!("has {x}: the overlay was mounted with redirect_dir or metacopy, so this is not a plain layer")),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn is_opaque(path: &Path) -> bool {
@@ -147,6 +166,9 @@ impl<W: Write> Writer<W> {
     fn entry(&mut self, host: &Path, name: &Path, base: &OsString) -> io::Result<()> {
         let md = fs::symlink_metadata(host).map_err(|e| with_path(host, e))?;
         let ft = md.file_type();
+        if ft.is_dir() || ft.is_file() {
+            refuse_overlay_metadata(host)?;
+        }
         if ft.is_char_device() && md.rdev() == 0 {
             let mut wh = OsString::from(".wh.").into_vec();
             wh.extend_from_slice(base.as_bytes());

@@ -7,12 +7,19 @@ use super::{io_err, FsError, Result};
 /// Largest option string the kernel accepts (one page).
 const MAX_OPTIONS: usize = 4095;
 
+/// Options that keep an upper directory in the plain layer format.
+const PLAIN_UPPER: &str = "redirect_dir=off,metacopy=off";
+
 /// Builds the option string. `lowers` are top-most first, as overlayfs wants.
 pub fn options(lowers: &[String], upper: &str, work: &str) -> Result<String> {
     // `volatile`: no syncfs of the upper layer; an upper layer is never
     // reused after a crash (reset and gc throw it away), so durability buys
     // nothing and fsync-heavy workloads would pay for it.
-    let opts = format!("lowerdir={},upperdir={upper},workdir={work},volatile", lowers.join(":"));
+    // `redirect_dir=off,metacopy=off`: whatever the host's overlay defaults, an upper layer
+    // stays a plain layer (a renamed lower directory is copied, a chown copies the data),
+    // because snapshots and build steps turn upper layers into image layers, which carry
+    // no overlay metadata.
+    let opts = format!("lowerdir={},upperdir={upper},workdir={work},volatile,{PLAIN_UPPER}", lowers.join(":"));
     if opts.len() > MAX_OPTIONS {
         return Err(FsError::OverlayOptionsTooLong { len: opts.len() });
     }
@@ -35,7 +42,7 @@ pub fn detached_overlay(lowers: &[String], upper: &str, work: &str) -> Result<st
     use std::os::fd::AsFd;
     // For error messages only: the layers go to the kernel by fd below, so
     // the mount(2) option length limit does not apply.
-    let opts = format!("lowerdir={},upperdir={upper},workdir={work}", lowers.join(":"));
+    let opts = format!("lowerdir={},upperdir={upper},workdir={work},volatile,{PLAIN_UPPER}", lowers.join(":"));
     let err = |source| FsError::Mount { fstype: "overlay".into(), target: "(detached)".into(), options: opts.clone(), source };
     // fsconfig takes strings of at most 256 bytes: name every layer by a
     // short /proc/self/fd path of an O_PATH handle, and add the lowers one
@@ -72,6 +79,8 @@ pub fn detached_overlay(lowers: &[String], upper: &str, work: &str) -> Result<st
     newmount::set_string(ctx_fd, "upperdir", &path(&upper_fd)).map_err(err)?;
     newmount::set_string(ctx_fd, "workdir", &path(&work_fd)).map_err(err)?;
     newmount::set_flag(ctx_fd, "volatile").map_err(err)?;
+    newmount::set_string(ctx_fd, "redirect_dir", "off").map_err(err)?;
+    newmount::set_string(ctx_fd, "metacopy", "off").map_err(err)?;
     newmount::create_and_mount(ctx_fd).map_err(err)
 }
 
@@ -101,7 +110,7 @@ mod tests {
     #[test]
     fn options_list_lowers_top_first_and_are_bounded() {
         let o = options(&["/a".into(), "/b".into()], "/u", "/w").unwrap();
-        assert_eq!(o, "lowerdir=/a:/b,upperdir=/u,workdir=/w,volatile");
+        assert_eq!(o, "lowerdir=/a:/b,upperdir=/u,workdir=/w,volatile,redirect_dir=off,metacopy=off");
         let many: Vec<String> = (0..500).map(|i| format!("/proc/self/fd/{i}")).collect();
         assert!(matches!(options(&many, "/u", "/w"), Err(FsError::OverlayOptionsTooLong { .. })));
     }
