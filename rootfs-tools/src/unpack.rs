@@ -149,6 +149,19 @@ impl Compression {
     }
 }
 
+/// The first 512 bytes of a possibly compressed stream (gzip, zstd or plain), decompressed:
+/// enough to tell a tar by its header. Short when the stream is.
+pub fn peek_decompressed<R: Read>(blob: R) -> io::Result<Vec<u8>> {
+    let mut r = BufReader::new(blob);
+    let mut out = Vec::with_capacity(512);
+    match Compression::detect(&mut r)? {
+        Compression::Gzip => flate2::bufread::MultiGzDecoder::new(r).take(512).read_to_end(&mut out)?,
+        Compression::Zstd => zstd::stream::read::Decoder::with_buffer(r)?.take(512).read_to_end(&mut out)?,
+        Compression::None => r.take(512).read_to_end(&mut out)?,
+    };
+    Ok(out)
+}
+
 /// Unpacks a possibly compressed layer blob (gzip, zstd or plain tar, told apart by their
 /// magic numbers) into `dest`, which must be an existing empty directory.
 pub fn unpack_blob<R: Read>(blob: R, dest: &Path, expected_diff_id: Option<&Digest>, limits: &Limits) -> Result<UnpackStats> {
@@ -421,10 +434,15 @@ impl Unpacker<'_> {
         }
     }
 
-    /// Gives directories their mtimes from the tar, deepest last-declared first. Best effort,
+    /// Gives directories their mtimes from the tar, last-declared first. Best effort,
     /// like every timestamp: a directory replaced since is resolved inside the root anyway.
     fn apply_dir_times(&mut self) {
+        let mut done = std::collections::HashSet::new();
         for (path, mtime) in std::mem::take(&mut self.dir_times).into_iter().rev() {
+            // A directory declared twice keeps its last declaration's time.
+            if !done.insert(path.clone()) {
+                continue;
+            }
             if let Ok(fd) = rustix::fs::openat2(&self.root, os(&path), DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty(), IN_ROOT) {
                 let _ = rustix::fs::futimens(&fd, &timestamps(mtime));
             }
