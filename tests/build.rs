@@ -19,6 +19,15 @@ fn envbox(root: &TestRoot, args: &[&str]) -> Output {
     Command::new(common::agent()).env("ENVBOX_ROOT", &root.path).args(args).output().unwrap()
 }
 
+/// `envbox build ARGS --allow-local-sources`: these tests build FROM the Debian test rootfs
+/// directory, which a Dockerfile may name only with that flag.
+fn build(root: &TestRoot, args: &[&str]) -> Output {
+    let mut all = vec!["build"];
+    all.extend_from_slice(args);
+    all.push("--allow-local-sources");
+    envbox(root, &all)
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -91,7 +100,7 @@ fn a_dockerfile_builds_layer_by_layer_and_runs() {
     context(&ctx);
     let ctx_s = ctx.display().to_string();
 
-    let first = ok(&envbox(&root, &["build", &ctx_s, "--tag", "demo:v1", "--build-arg", "FLAVOUR=mint"]));
+    let first = ok(&build(&root, &[&ctx_s, "--tag", "demo:v1", "--build-arg", "FLAVOUR=mint"]));
     assert!(first.contains("(4 layer steps, 0 from the cache)"), "{first}");
     assert!(first.contains("EXPOSE has no effect"), "{first}");
     let list = images_json(&root);
@@ -124,17 +133,17 @@ fn a_dockerfile_builds_layer_by_layer_and_runs() {
     sb.delete_and_wait().unwrap();
 
     // Everything again from the cache, to the same image.
-    let again = ok(&envbox(&root, &["build", &ctx_s, "--tag", "demo:v1", "--build-arg", "FLAVOUR=mint"]));
+    let again = ok(&build(&root, &[&ctx_s, "--tag", "demo:v1", "--build-arg", "FLAVOUR=mint"]));
     assert!(again.contains("4 from the cache"), "{again}");
-    assert_eq!(text(&envbox(&root, &["build", &ctx_s, "-t", "demo:v1", "--build-arg", "FLAVOUR=mint"]).stdout).trim(), id);
+    assert_eq!(text(&build(&root, &[&ctx_s, "-t", "demo:v1", "--build-arg", "FLAVOUR=mint"]).stdout).trim(), id);
     // A changed input rebuilds its step and the ones after it, not the ones before.
     fs::write(ctx.join("conf.txt"), "v2").unwrap();
-    let changed = ok(&envbox(&root, &["build", &ctx_s, "--tag", "demo:v2", "--build-arg", "FLAVOUR=mint"]));
+    let changed = ok(&build(&root, &[&ctx_s, "--tag", "demo:v2", "--build-arg", "FLAVOUR=mint"]));
     assert!(changed.contains("(4 layer steps, 1 from the cache)"), "{changed}");
     // So does another build argument (RUN sees it), and --no-cache rebuilds everything.
-    let other = ok(&envbox(&root, &["build", &ctx_s, "--tag", "demo:v3"]));
+    let other = ok(&build(&root, &[&ctx_s, "--tag", "demo:v3"]));
     assert!(other.contains("(4 layer steps, 3 from the cache)"), "{other}");
-    let fresh = ok(&envbox(&root, &["build", &ctx_s, "--tag", "demo:v3", "--no-cache"]));
+    let fresh = ok(&build(&root, &[&ctx_s, "--tag", "demo:v3", "--no-cache"]));
     assert!(fresh.contains("0 from the cache"), "{fresh}");
 
     // Untagging every image lets gc take the step images, the cache entries and layers.
@@ -170,14 +179,14 @@ fn run_steps_use_the_host_network_unless_told_otherwise() {
     );
     fs::write(ctx.join("Dockerfile"), &df).unwrap();
     let ctx_s = ctx.display().to_string();
-    ok(&envbox(&root, &["build", &ctx_s, "--tag", "net:v1"]));
+    ok(&build(&root, &[&ctx_s, "--tag", "net:v1"]));
     server.join().unwrap();
     let sb = Sandbox::create(&root.config(Image::Ref("net:v1".into())), "net").unwrap();
     assert_eq!(sb.run("cat /fetched").unwrap().stdout_str(), "from-the-host");
     sb.delete_and_wait().unwrap();
 
     // --net none: the same step cannot connect, and the build says which step failed.
-    let o = envbox(&root, &["build", &ctx_s, "--tag", "net:v2", "--net", "none", "--no-cache"]);
+    let o = build(&root, &[&ctx_s, "--tag", "net:v2", "--net", "none", "--no-cache"]);
     assert!(!o.status.success());
     let err = text(&o.stderr);
     assert!(err.contains("Dockerfile line 2") && err.contains("exited with code 1"), "{err}");
@@ -209,7 +218,7 @@ fn bad_dockerfiles_and_contexts_get_clear_errors_and_leave_nothing() {
     let ctx_s = ctx.display().to_string();
     for (df, want) in &cases {
         fs::write(ctx.join("Dockerfile"), df).unwrap();
-        let o = envbox(&root, &["build", &ctx_s, "--tag", "bad:v1"]);
+        let o = build(&root, &[&ctx_s, "--tag", "bad:v1"]);
         assert_eq!(o.status.code(), Some(125), "{df}: {}", text(&o.stderr));
         let err = text(&o.stderr);
         assert!(err.contains(want), "{df:?}: expected {want:?} in\n{err}");
@@ -218,9 +227,9 @@ fn bad_dockerfiles_and_contexts_get_clear_errors_and_leave_nothing() {
         assert!(common::leftovers(&root.path).is_empty(), "{df}: {:?}", common::leftovers(&root.path));
     }
     // An unreadable context and a missing directory.
-    let o = envbox(&root, &["build", "/nonexistent/ctx", "--tag", "bad:v1"]);
+    let o = build(&root, &["/nonexistent/ctx", "--tag", "bad:v1"]);
     assert!(text(&o.stderr).contains("opening the build context"), "{}", text(&o.stderr));
-    let o = envbox(&root, &["build", &ctx_s, "--tag", "Not A Tag"]);
+    let o = build(&root, &[&ctx_s, "--tag", "Not A Tag"]);
     assert!(!o.status.success());
     root.assert_clean();
 }
@@ -237,6 +246,7 @@ fn an_environment_directory_without_dockerfile_is_served_from_its_image() {
     }
     let ctx_s = ctx.display().to_string();
     let b = base();
+    // `--base` is the caller's own choice: a local one needs no --allow-local-sources.
     let log = ok(&envbox(&root, &["build", &ctx_s, "--tag", "fenv:v1", "--base", &b]));
     assert!(log.contains("no Dockerfile") && log.contains("COPY . /app/"), "{log}");
     // `envbox run IMAGE` without --dir serves the image's /app.
@@ -287,7 +297,7 @@ fn a_built_image_is_pushed_and_pulled_back_elsewhere() {
     )
     .unwrap();
     let target = format!("{}/team/built:v1", reg.host());
-    let log = ok(&envbox(&root, &["build", &ctx.display().to_string(), "--tag", &target, "--push"]));
+    let log = ok(&build(&root, &[&ctx.display().to_string(), "--tag", &target, "--push"]));
     assert!(log.contains(&format!("pushed {target}")), "{log}");
     // Again: the registry has every blob.
     let again = ok(&envbox(&root, &["push", &target]));
@@ -319,7 +329,7 @@ fn a_build_killed_mid_run_leaves_nothing_after_the_next_start() {
     fs::write(ctx.join("Dockerfile"), format!("FROM {}\nCOPY big.bin /big.bin\nRUN touch /started && sleep 60\n", base())).unwrap();
     let mut child = Command::new(common::agent())
         .env("ENVBOX_ROOT", &root.path)
-        .args(["build", &ctx.display().to_string(), "--tag", "killed:v1"])
+        .args(["build", &ctx.display().to_string(), "--tag", "killed:v1", "--allow-local-sources"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -340,7 +350,122 @@ fn a_build_killed_mid_run_leaves_nothing_after_the_next_start() {
     assert_eq!(fs::read_dir(root.path.join(".images/tmp")).map(|d| d.count()).unwrap_or(0), 0);
     // The COPY step finished before the kill: its step image stays cached (a day) for a rerun.
     fs::write(ctx.join("Dockerfile"), format!("FROM {}\nCOPY big.bin /big.bin\nRUN test -f /big.bin\n", base())).unwrap();
-    let log = ok(&envbox(&root, &["build", &ctx.display().to_string(), "--tag", "killed:v1"]));
+    let log = ok(&build(&root, &[&ctx.display().to_string(), "--tag", "killed:v1"]));
     assert!(log.contains("(2 layer steps, 1 from the cache)"), "{log}");
+    root.assert_clean();
+}
+
+#[test]
+fn hostile_contexts_and_dockerfiles_cannot_reach_the_host() {
+    require_root!("hostile_contexts_and_dockerfiles_cannot_reach_the_host");
+    let root = TestRoot::new("build-hostile");
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(ctx.join("a")).unwrap();
+    fs::create_dir_all(ctx.join("b")).unwrap();
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, "host file").unwrap();
+    std::os::unix::fs::symlink("/etc", ctx.join("hostetc")).unwrap();
+    std::os::unix::fs::symlink(&victim, ctx.join("a/x.txt")).unwrap();
+    fs::write(ctx.join("b/x.txt"), "from b").unwrap();
+    let ctx_s = ctx.display().to_string();
+    let b = base();
+    let cases: Vec<(String, &str)> = vec![
+        // A source through a symlinked directory of the context.
+        (format!("FROM {b}\nCOPY hostetc/shadow /stolen\n"), "goes through a symlink"),
+        (format!("FROM {b}\nCOPY hostetc/* /stolen/\n"), "matches nothing"),
+    ];
+    for (df, want) in &cases {
+        fs::write(ctx.join("Dockerfile"), df).unwrap();
+        let o = build(&root, &[&ctx_s, "--tag", "bad:v1"]);
+        assert!(!o.status.success() && text(&o.stderr).contains(want), "{df:?}: {}", text(&o.stderr));
+    }
+    // FROM a host path needs the build's permission.
+    fs::write(ctx.join("Dockerfile"), "FROM dir:/etc\n").unwrap();
+    let o = envbox(&root, &["build", &ctx_s, "--tag", "bad:v1"]);
+    assert!(text(&o.stderr).contains("--allow-local-sources"), "{}", text(&o.stderr));
+    // The context's Dockerfile may not be a link to a host file.
+    fs::remove_file(ctx.join("Dockerfile")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", ctx.join("Dockerfile")).unwrap();
+    let o = envbox(&root, &["build", &ctx_s, "--tag", "bad:v1"]);
+    assert!(text(&o.stderr).contains("the Dockerfile is a symlink") && !text(&o.stderr).contains("root:"), "{}", text(&o.stderr));
+    fs::remove_file(ctx.join("Dockerfile")).unwrap();
+
+    // Two sources of one name: the later wins, and nothing is written through the link.
+    fs::write(ctx.join("Dockerfile"), format!("FROM {b}\nCOPY a/x.txt b/x.txt /dst/\n")).unwrap();
+    ok(&build(&root, &[&ctx_s, "--tag", "same:v1"]));
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "host file");
+    assert_eq!(fs::read_to_string(ctx.join("b/x.txt")).unwrap(), "from b");
+    let sb = Sandbox::create(&root.config(Image::Ref("same:v1".into())), "same").unwrap();
+    assert_eq!(sb.run("cat /dst/x.txt").unwrap().stdout_str(), "from b");
+    sb.delete_and_wait().unwrap();
+
+    // ADD --chown of an archive holding a whiteout entry re-owns nothing of the image.
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in [("etc/.wh.shadow", &b""[..]), ("etc/readme", &b"r"[..])] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, data).unwrap();
+    }
+    fs::write(ctx.join("evil.tar"), tar.into_inner().unwrap()).unwrap();
+    fs::write(ctx.join("Dockerfile"), format!("FROM {b}\nADD --chown=1000:1000 --chmod=0666 evil.tar /\n")).unwrap();
+    ok(&build(&root, &[&ctx_s, "--tag", "evil:v1"]));
+    let sb = Sandbox::create(&root.config(Image::Ref("evil:v1".into())), "evil").unwrap();
+    let o = sb.run("stat -c '%u %a' /etc/shadow /etc/readme").unwrap();
+    assert_eq!(o.stdout_str(), "0 640\n1000 666\n", "{}", o.stderr_str());
+    sb.delete_and_wait().unwrap();
+    root.assert_clean();
+}
+
+#[test]
+fn copy_and_arg_semantics_follow_docker() {
+    require_root!("copy_and_arg_semantics_follow_docker");
+    let root = TestRoot::new("build-docker");
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("a.txt"), "a").unwrap();
+    fs::write(ctx.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    fs::set_permissions(ctx.join("run.sh"), fs::Permissions::from_mode(0o4755)).unwrap();
+    let ctx_s = ctx.display().to_string();
+    let b = base();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "ARG V=outer\nFROM {b}\nRUN echo \"[$V]\" > /scoped\nARG V\nRUN echo \"[$V]\" > /redeclared\n\
+             WORKDIR /w\nCOPY a.txt .\nCOPY a.txt /etc\nCOPY a.txt /bin\nCOPY run.sh /etc/debian_version\n\
+             CMD [\"c\"]\nENTRYPOINT [\"e\"]\n"
+        ),
+    )
+    .unwrap();
+    ok(&build(&root, &[&ctx_s, "--tag", "sem:v1"]));
+    let mut cfg = root.config(Image::Ref("sem:v1".into()));
+    cfg.workdir = "/".into();
+    let sb = Sandbox::create(&cfg, "sem").unwrap();
+    let o = sb.run("cat /scoped /redeclared /w/a.txt /etc/a.txt /usr/bin/a.txt; echo; stat -c '%a %u' /etc/debian_version").unwrap();
+    // An ARG before FROM is not seen after it unless declared again; `.`, an existing
+    // directory and a symlink to one are directories; a copied file keeps its mode bits.
+    assert_eq!(o.stdout_str(), "[]\n[outer]\naaa\n4755 0\n", "{}", o.stderr_str());
+    sb.delete_and_wait().unwrap();
+    // An ENTRYPOINT keeps the CMD this Dockerfile set (only an inherited one goes).
+    let store = envbox_rootfs::Store::open(&root.path.join(".images")).unwrap();
+    let img = store.get(&envbox_rootfs::Reference::parse("sem:v1").unwrap()).unwrap().unwrap();
+    assert_eq!((img.config.entrypoint.clone(), img.config.cmd.clone()), (vec!["e".to_string()], vec!["c".to_string()]));
+
+    // The name a file is copied to is part of the step's cache key.
+    fs::write(ctx.join("Dockerfile"), format!("FROM {b}\nCOPY a.txt /x/b.txt\n")).unwrap();
+    ok(&build(&root, &[&ctx_s, "--tag", "name:v1"]));
+    fs::write(ctx.join("Dockerfile"), format!("FROM {b}\nCOPY a.txt /x/c.txt\n")).unwrap();
+    let log = ok(&build(&root, &[&ctx_s, "--tag", "name:v2"]));
+    assert!(log.contains("0 from the cache"), "{log}");
+    let sb = Sandbox::create(&root.config(Image::Ref("name:v2".into())), "name").unwrap();
+    assert_eq!(sb.run("ls /x").unwrap().stdout_str(), "c.txt\n");
+    sb.delete_and_wait().unwrap();
+    // More than one source needs a directory destination.
+    fs::write(ctx.join("Dockerfile"), format!("FROM {b}\nCOPY a.txt run.sh /nodir\n")).unwrap();
+    let o = build(&root, &[&ctx_s, "--tag", "multi:v1"]);
+    assert!(text(&o.stderr).contains("needs a directory destination"), "{}", text(&o.stderr));
     root.assert_clean();
 }

@@ -2,16 +2,23 @@
 //! what `.dockerignore` excludes), staged for a copy and hashed for the build cache.
 //!
 //! Nothing outside the context is ever read: sources are cleaned lexically (a `..` above
-//! the context is refused) and walked with `lstat`; symlinks are copied as symlinks, never
-//! followed, so `evil -> /etc/shadow` in a context puts a link in the image, not the host's
-//! file.
+//! the context is refused) and every entry is opened relative to the context's descriptor
+//! without following any symlink ([`Context`]); symlinks are copied as symlinks, so
+//! `evil -> /etc/shadow` in a context puts a link in the image, not the host's file, and a
+//! source through a symlinked directory is an error.
 
+use std::ffi::CString;
 use std::fs;
-use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use envbox_rootfs::digest::Hasher;
+use nix::errno::Errno;
+
+use crate::sys::openat2::{openat2, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS};
 
 /// `.dockerignore` patterns, in order; the last one that matches a path decides.
 #[derive(Debug, Clone, Default)]
@@ -180,16 +187,21 @@ pub enum ContextError {
     Escapes { src: String },
     #[error("COPY source {src:?} matches nothing in the build context {context} (or .dockerignore excludes it)")]
     NotFound { src: String, context: PathBuf },
-    #[error("reading {path} of the build context")]
+    #[error(
+        "COPY source {src:?} goes through a symlink in the build context: copy the directory it points to instead \
+         (symlinks are copied as links, never followed)"
+    )]
+    ThroughSymlink { src: String },
+    #[error("reading {path:?} of the build context")]
     Io {
-        path: PathBuf,
+        path: String,
         #[source]
         source: io::Error,
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
-    move |source| ContextError::Io { path: path.to_path_buf(), source }
+fn io_err(path: &str) -> impl FnOnce(io::Error) -> ContextError + '_ {
+    move |source| ContextError::Io { path: path.to_string(), source }
 }
 
 /// Cleans a source lexically into context-relative components.
@@ -213,6 +225,83 @@ fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// What a context entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    /// FIFOs, sockets, devices: left out, as Docker does.
+    Other,
+}
+
+/// The build context, held open: every entry is opened relative to it with
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so neither a symlink in the context
+/// (`hostetc -> /etc`, then `COPY hostetc/shadow`) nor one swapped in while the build runs
+/// can make the build read outside it.
+pub struct Context {
+    dir: OwnedFd,
+    pub path: PathBuf,
+}
+
+const BENEATH: u64 = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+
+impl Context {
+    pub fn open(path: &Path) -> io::Result<Context> {
+        let dir = fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY).open(path)?;
+        Ok(Context { dir: dir.into(), path: path.to_path_buf() })
+    }
+
+    /// Opens a context-relative path ("" is the context) without following any symlink.
+    fn open_rel(&self, rel: &str, flags: i32) -> Result<OwnedFd, (Errno, String)> {
+        let p = if rel.is_empty() { ".".to_string() } else { rel.to_string() };
+        let c = CString::new(p.clone()).map_err(|_| (Errno::EINVAL, p.clone()))?;
+        openat2(self.dir.as_fd(), &c, flags | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0, BENEATH).map_err(|e| (e, p))
+    }
+
+    /// The kind of an entry; `None` when it does not exist.
+    fn kind(&self, src: &str, rel: &str) -> Result<Option<(Kind, fs::Metadata)>, ContextError> {
+        let fd = match self.open_rel(rel, libc::O_PATH) {
+            Ok(fd) => fd,
+            Err((Errno::ENOENT | Errno::ENOTDIR, _)) => return Ok(None),
+            Err((Errno::ELOOP | Errno::EXDEV, _)) => return Err(ContextError::ThroughSymlink { src: src.to_string() }),
+            Err((e, p)) => return Err(ContextError::Io { path: p, source: e.into() }),
+        };
+        let md = fs::File::from(fd).metadata().map_err(io_err(rel))?;
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            Kind::File
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else {
+            Kind::Other
+        };
+        Ok(Some((kind, md)))
+    }
+
+    /// The names in a context directory, sorted.
+    fn list(&self, rel: &str) -> Result<Vec<String>, ContextError> {
+        let fd = self.open_rel(rel, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|(e, p)| ContextError::Io { path: p, source: e.into() })?;
+        let mut names: Vec<String> = crate::sandbox::files::list_dir(fd.as_fd())
+            .map_err(|e| io_err(rel)(e.into()))?
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
 /// A source found in the context: its path relative to the context ("" = the context).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -221,7 +310,7 @@ pub struct Found {
 }
 
 /// Resolves one COPY source (wildcards allowed) to the context entries it names.
-pub fn find(context: &Path, ignore: &Ignore, src: &str) -> Result<Vec<Found>, ContextError> {
+pub fn find(ctx: &Context, ignore: &Ignore, src: &str) -> Result<Vec<Found>, ContextError> {
     let comps = clean(src)?;
     let mut found = Vec::new();
     if comps.iter().any(|c| has_glob(c)) {
@@ -230,13 +319,11 @@ pub fn find(context: &Path, ignore: &Ignore, src: &str) -> Result<Vec<Found>, Co
         for (i, pat) in comps.iter().enumerate() {
             let mut next = Vec::new();
             for dir in &level {
-                let host = context.join(dir);
-                let Ok(rd) = fs::read_dir(&host) else { continue };
-                let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-                names.sort();
+                let Ok(names) = ctx.list(dir) else { continue };
                 for name in names.into_iter().filter(|n| glob(pat, n)) {
-                    let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
-                    if i + 1 < comps.len() && !context.join(&rel).symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                    let rel = join(dir, &name);
+                    let last = i + 1 == comps.len();
+                    if !last && !matches!(ctx.kind(src, &rel)?, Some((Kind::Dir, _))) {
                         continue;
                     }
                     next.push(rel);
@@ -246,72 +333,123 @@ pub fn find(context: &Path, ignore: &Ignore, src: &str) -> Result<Vec<Found>, Co
         }
         for rel in level {
             if !ignore.excluded(&rel) {
-                let is_dir = context.join(&rel).symlink_metadata().is_ok_and(|m| m.is_dir());
+                let is_dir = matches!(ctx.kind(src, &rel)?, Some((Kind::Dir, _)));
                 found.push(Found { rel, is_dir });
             }
         }
     } else {
         let rel = comps.join("/");
-        match context.join(&rel).symlink_metadata() {
-            Ok(md) if rel.is_empty() || !ignore.excluded(&rel) => found.push(Found { rel, is_dir: md.is_dir() }),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&context.join(&rel))(e)),
+        if let Some((kind, _)) = ctx.kind(src, &rel)? {
+            if rel.is_empty() || !ignore.excluded(&rel) {
+                found.push(Found { rel, is_dir: kind == Kind::Dir });
+            }
         }
     }
     if found.is_empty() {
-        return Err(ContextError::NotFound { src: src.to_string(), context: context.to_path_buf() });
+        return Err(ContextError::NotFound { src: src.to_string(), context: ctx.path.clone() });
     }
     Ok(found)
 }
 
-/// Mirrors context entries into a staging directory (hardlinks where the filesystem
-/// allows, else copies; symlinks recreated; .dockerignore applied) and hashes what it
-/// staged: names, kinds, modes, contents, link targets.
+/// Copies context entries into a staging directory (.dockerignore applied; symlinks
+/// recreated, never followed; regular files copied from the very descriptor whose bytes
+/// are hashed) and hashes what it staged: names, kinds, modes, contents and link targets,
+/// each record length-prefixed.
 pub struct Stager<'a> {
-    pub context: &'a Path,
+    pub context: &'a Context,
     pub ignore: &'a Ignore,
     pub hash: Hasher,
 }
 
+fn record(h: &mut Hasher, tag: &str, bytes: &[u8]) {
+    h.update(tag.as_bytes());
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+/// Makes room for `dest` in the staging directory: a later source wins over an earlier one
+/// of the same name (directories merge). The staging directory is ours alone.
+fn clear(dest: &Path, keep_dir: bool) -> io::Result<()> {
+    match fs::symlink_metadata(dest) {
+        Ok(md) if md.is_dir() && keep_dir => Ok(()),
+        Ok(md) if md.is_dir() => fs::remove_dir_all(dest),
+        Ok(_) => fs::remove_file(dest),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Stager<'_> {
-    /// Stages the context entry `rel` as `dest` (a path that does not exist yet).
-    pub fn stage(&mut self, rel: &str, dest: &Path) -> Result<(), ContextError> {
-        let src = self.context.join(rel);
-        let md = src.symlink_metadata().map_err(io_err(&src))?;
-        self.hash.update(format!("\0{rel}\0{:o}\0", md.mode()).as_bytes());
-        if md.is_dir() {
-            fs::create_dir(dest).map_err(io_err(dest))?;
-            fs::set_permissions(dest, fs::Permissions::from_mode(md.mode() & 0o7777)).map_err(io_err(dest))?;
-            let mut names: Vec<String> =
-                fs::read_dir(&src).map_err(io_err(&src))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-            names.sort();
-            for name in names {
-                let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-                if self.ignore.excluded(&child) && !(self.ignore.has_exceptions() && src.join(&name).is_dir()) {
-                    continue;
+    /// Stages the context entry `rel` as `dest` (in the staging directory).
+    pub fn stage(&mut self, src: &str, rel: &str, dest: &Path) -> Result<(), ContextError> {
+        let Some((kind, md)) = self.context.kind(src, rel)? else {
+            return Err(ContextError::NotFound { src: src.to_string(), context: self.context.path.clone() });
+        };
+        let dest_err = |e: io::Error| ContextError::Io { path: dest.display().to_string(), source: e };
+        record(&mut self.hash, "name", rel.as_bytes());
+        record(&mut self.hash, "mode", &md.mode().to_le_bytes());
+        match kind {
+            Kind::Dir => {
+                clear(dest, true).map_err(dest_err)?;
+                if !dest.is_dir() {
+                    fs::create_dir(dest).map_err(dest_err)?;
                 }
-                self.stage(&child, &dest.join(&name))?;
-            }
-        } else if md.file_type().is_symlink() {
-            let target = fs::read_link(&src).map_err(io_err(&src))?;
-            self.hash.update(target.as_os_str().as_encoded_bytes());
-            std::os::unix::fs::symlink(&target, dest).map_err(io_err(dest))?;
-        } else if md.is_file() {
-            let mut f = fs::File::open(&src).map_err(io_err(&src))?;
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = f.read(&mut buf).map_err(io_err(&src))?;
-                if n == 0 {
-                    break;
+                fs::set_permissions(dest, fs::Permissions::from_mode(md.mode() & 0o7777)).map_err(dest_err)?;
+                for name in self.context.list(rel)? {
+                    let child = join(rel, &name);
+                    if self.ignore.excluded(&child) && !self.ignore.has_exceptions() {
+                        continue;
+                    }
+                    let child_kind = self.context.kind(src, &child)?.map(|(k, _)| k);
+                    if self.ignore.excluded(&child) && child_kind != Some(Kind::Dir) {
+                        continue;
+                    }
+                    self.stage(src, &child, &dest.join(&name))?;
                 }
-                self.hash.update(&buf[..n]);
             }
-            if fs::hard_link(&src, dest).is_err() {
-                fs::copy(&src, dest).map_err(io_err(dest))?;
+            Kind::Symlink => {
+                let fd = self.context.open_rel(rel, libc::O_PATH).map_err(|(e, p)| ContextError::Io { path: p, source: e.into() })?;
+                let target = nix::fcntl::readlinkat(Some(fd.as_raw_fd()), "").map_err(|e| io_err(rel)(e.into()))?;
+                record(&mut self.hash, "link", target.as_bytes());
+                clear(dest, false).map_err(dest_err)?;
+                std::os::unix::fs::symlink(&target, dest).map_err(dest_err)?;
             }
+            Kind::File => {
+                let fd = self
+                    .context
+                    .open_rel(rel, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY)
+                    .map_err(|(e, p)| ContextError::Io { path: p, source: e.into() })?;
+                let mut from = fs::File::from(fd);
+                // It may have been swapped since it was looked at: check what was opened.
+                let opened = from.metadata().map_err(io_err(rel))?;
+                if !opened.is_file() {
+                    return Err(ContextError::Io { path: rel.to_string(), source: io::Error::other("changed while the build read it") });
+                }
+                clear(dest, false).map_err(dest_err)?;
+                let mut to = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(dest)
+                    .map_err(dest_err)?;
+                let mut buf = vec![0u8; 1 << 16];
+                let mut total: u64 = 0;
+                loop {
+                    let n = from.read(&mut buf).map_err(io_err(rel))?;
+                    if n == 0 {
+                        break;
+                    }
+                    self.hash.update(&buf[..n]);
+                    to.write_all(&buf[..n]).map_err(dest_err)?;
+                    total += n as u64;
+                }
+                record(&mut self.hash, "size", &total.to_le_bytes());
+                to.set_permissions(fs::Permissions::from_mode(opened.mode() & 0o7777)).map_err(dest_err)?;
+            }
+            // FIFOs, sockets and devices in a context are left out, as Docker does.
+            Kind::Other => {}
         }
-        // FIFOs, sockets and devices in a context are left out, as Docker does.
         Ok(())
     }
 }
@@ -361,14 +499,40 @@ mod tests {
         fs::write(c.join("src/a.py"), "a").unwrap();
         fs::write(c.join("src/b.txt"), "b").unwrap();
         fs::write(c.join("top.py"), "t").unwrap();
+        std::os::unix::fs::symlink("/etc", c.join("hostetc")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", c.join("hostpw")).unwrap();
+        let ctx = Context::open(c).unwrap();
         let ig = Ignore::parse("src/b.txt\n");
-        assert!(matches!(find(c, &ig, "../etc/passwd"), Err(ContextError::Escapes { .. })));
-        assert!(matches!(find(c, &ig, "src/../../x"), Err(ContextError::Escapes { .. })));
-        assert_eq!(find(c, &ig, "/top.py").unwrap(), vec![Found { rel: "top.py".into(), is_dir: false }]);
-        assert_eq!(find(c, &ig, "src/*").unwrap(), vec![Found { rel: "src/a.py".into(), is_dir: false }]);
-        assert_eq!(find(c, &ig, "*/*.py").unwrap().len(), 1);
-        assert!(matches!(find(c, &ig, "src/b.txt"), Err(ContextError::NotFound { .. })));
-        assert!(matches!(find(c, &ig, "nope*"), Err(ContextError::NotFound { .. })));
-        assert_eq!(find(c, &ig, ".").unwrap(), vec![Found { rel: String::new(), is_dir: true }]);
+        assert!(matches!(find(&ctx, &ig, "../etc/passwd"), Err(ContextError::Escapes { .. })));
+        assert!(matches!(find(&ctx, &ig, "src/../../x"), Err(ContextError::Escapes { .. })));
+        assert_eq!(find(&ctx, &ig, "/top.py").unwrap(), vec![Found { rel: "top.py".into(), is_dir: false }]);
+        assert_eq!(find(&ctx, &ig, "src/*").unwrap(), vec![Found { rel: "src/a.py".into(), is_dir: false }]);
+        assert_eq!(find(&ctx, &ig, "*/*.py").unwrap().len(), 1);
+        assert!(matches!(find(&ctx, &ig, "src/b.txt"), Err(ContextError::NotFound { .. })));
+        assert!(matches!(find(&ctx, &ig, "nope*"), Err(ContextError::NotFound { .. })));
+        assert_eq!(find(&ctx, &ig, ".").unwrap().len(), 1);
+        // A symlinked directory is never gone through; a symlink itself is a link.
+        assert!(matches!(find(&ctx, &ig, "hostetc/passwd"), Err(ContextError::ThroughSymlink { .. })));
+        assert!(find(&ctx, &ig, "hostetc/*").is_err());
+        assert_eq!(find(&ctx, &ig, "hostpw").unwrap(), vec![Found { rel: "hostpw".into(), is_dir: false }]);
+
+        // Staging: a later source of the same name replaces an earlier one (never writing
+        // through it), and the link is recreated, not read.
+        fs::create_dir(c.join("a")).unwrap();
+        fs::create_dir(c.join("b")).unwrap();
+        let victim = t.path().join("victim");
+        fs::write(&victim, "host file").unwrap();
+        std::os::unix::fs::symlink(&victim, c.join("a/x.txt")).unwrap();
+        fs::write(c.join("b/x.txt"), "from b").unwrap();
+        let stage = t.path().join("stage");
+        fs::create_dir(&stage).unwrap();
+        let mut st = Stager { context: &ctx, ignore: &ig, hash: Hasher::default() };
+        st.stage("a/x.txt", "a/x.txt", &stage.join("x.txt")).unwrap();
+        st.stage("b/x.txt", "b/x.txt", &stage.join("x.txt")).unwrap();
+        st.stage("hostpw", "hostpw", &stage.join("hostpw")).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "host file");
+        assert_eq!(fs::read_to_string(stage.join("x.txt")).unwrap(), "from b");
+        assert_eq!(fs::read_to_string(c.join("b/x.txt")).unwrap(), "from b");
+        assert!(fs::symlink_metadata(stage.join("hostpw")).unwrap().file_type().is_symlink());
     }
 }

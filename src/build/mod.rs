@@ -28,6 +28,7 @@ pub mod dockerfile;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use envbox_rootfs::digest::Hasher;
@@ -61,6 +62,11 @@ pub struct BuildOptions {
     pub base: Option<String>,
     /// The network of RUN steps (default: the host's).
     pub network: Network,
+    /// Let FROM name images on this machine's filesystem (`dir:`, `oci:`,
+    /// `docker-archive:`). Off by default: a Dockerfile from elsewhere could otherwise
+    /// import any host path (`FROM dir:/`) into an image. `--base` of a directory without
+    /// a Dockerfile is the caller's own choice and always allowed.
+    pub local_sources: bool,
 }
 
 impl BuildOptions {
@@ -74,6 +80,7 @@ impl BuildOptions {
             no_cache: false,
             base: None,
             network: Network::Host,
+            local_sources: false,
         }
     }
 }
@@ -120,10 +127,31 @@ pub fn build(opts: &BuildOptions, log: &mut dyn Write) -> Result<Built> {
         return Err(Error::Image { spec: context.display().to_string(), message: "the build context must be a directory".into() });
     }
     let tag = Reference::parse(&opts.tag).map_err(|e| store_error(&opts.tag, &e))?;
-    let dockerfile = opts.dockerfile.clone().or_else(|| Some(context.join("Dockerfile")).filter(|p| p.is_file()));
+    // The context's own Dockerfile must be a file of it (a link to /etc/shadow would be
+    // read as root and quoted in a parse error); one given with -f is the caller's choice.
+    let own = context.join("Dockerfile");
+    let own_is_link = fs::symlink_metadata(&own).is_ok_and(|m| m.file_type().is_symlink());
+    if own_is_link && opts.dockerfile.is_none() {
+        return Err(Error::Image {
+            spec: own.display().to_string(),
+            message: "the Dockerfile is a symlink: give the file it points to with --file".into(),
+        });
+    }
+    let dockerfile = opts.dockerfile.clone().or_else(|| Some(own).filter(|p| p.is_file()));
+    let generated = dockerfile.is_none();
     let text = match &dockerfile {
         Some(p) => {
-            fs::read_to_string(p).map_err(|source| Error::Io { step: "reading the Dockerfile", name: p.display().to_string(), source })?
+            let read = |p: &Path| -> std::io::Result<String> {
+                use std::io::Read;
+                let mut f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(p)?;
+                if !f.metadata()?.is_file() {
+                    return Err(std::io::Error::other("not a regular file"));
+                }
+                let mut text = String::new();
+                Read::by_ref(&mut f).take(1 << 20).read_to_string(&mut text)?;
+                Ok(text)
+            };
+            read(p).map_err(|source| Error::Io { step: "reading the Dockerfile", name: p.display().to_string(), source })?
         }
         None => {
             let base = opts.base.as_deref().unwrap_or(DEFAULT_BASE);
@@ -143,6 +171,11 @@ pub fn build(opts: &BuildOptions, log: &mut dyn Write) -> Result<Built> {
         name: context.display().to_string(),
         source,
     })?;
+    let context = context::Context::open(&context).map_err(|source| Error::Io {
+        step: "opening the build context",
+        name: context.display().to_string(),
+        source,
+    })?;
     let mut b = Builder {
         opts,
         store,
@@ -152,6 +185,10 @@ pub fn build(opts: &BuildOptions, log: &mut dyn Write) -> Result<Built> {
         image: None,
         config: RunConfig::default(),
         args: BTreeMap::new(),
+        global_args: BTreeMap::new(),
+        seen_from: false,
+        cmd_set: false,
+        local_sources: opts.local_sources || generated,
         declared: Vec::new(),
         key: Digest::of(b"envbox-build-v1"),
         keys: Vec::new(),
@@ -170,7 +207,8 @@ pub fn build(opts: &BuildOptions, log: &mut dyn Write) -> Result<Built> {
             let _ = writeln!(b.log, "warning: --build-arg {k} was not used: the Dockerfile declares no ARG {k}");
         }
     }
-    let image = b.store.commit(b.image.as_ref(), &[], &b.config, Some(&tag)).map_err(|e| store_error("committing the built image", &e))?;
+    let (image, _lease) =
+        b.store.commit(b.image.as_ref(), &[], &b.config, Some(&tag)).map_err(|e| store_error("committing the built image", &e))?;
     cache::mark_used(&opts.root, &b.keys, &image.id).map_err(|source| Error::Io {
         step: "updating the build cache",
         name: String::new(),
@@ -233,7 +271,7 @@ pub fn collect(root: &Path) {
 struct Builder<'a> {
     opts: &'a BuildOptions,
     store: Store,
-    context: PathBuf,
+    context: context::Context,
     ignore: context::Ignore,
     work: WorkDir,
     /// The image so far (`None`: FROM scratch, nothing added yet).
@@ -241,6 +279,14 @@ struct Builder<'a> {
     config: RunConfig,
     /// ARGs in scope and their values.
     args: BTreeMap<String, String>,
+    /// ARGs declared before FROM: usable in FROM, and after it only when declared again
+    /// (`ARG NAME` then takes this value), as in Docker.
+    global_args: BTreeMap<String, String>,
+    seen_from: bool,
+    /// CMD was set by this Dockerfile (a later ENTRYPOINT keeps it; an inherited one goes).
+    cmd_set: bool,
+    /// FROM may name local sources (see [`BuildOptions::local_sources`]).
+    local_sources: bool,
     /// Every ARG name declared (for the unused --build-arg warning).
     declared: Vec<String>,
     key: Digest,
@@ -268,6 +314,9 @@ fn env_map(config: &RunConfig) -> Vec<(String, String)> {
 impl Builder<'_> {
     /// Variables for expansion: ARGs, overridden by ENV (as Docker does).
     fn vars(&self) -> BTreeMap<String, String> {
+        if !self.seen_from {
+            return self.global_args.clone();
+        }
         let mut v = self.args.clone();
         v.extend(env_map(&self.config));
         v
@@ -302,11 +351,19 @@ impl Builder<'_> {
             Instruction::Arg { name, default } => {
                 let value = match self.opts.build_args.iter().rev().find(|(k, _)| k == name) {
                     Some((_, v)) => Some(v.clone()),
-                    None => default.as_deref().map(|d| self.expand(line, d)).transpose()?,
+                    None => match default.as_deref() {
+                        Some(d) => Some(self.expand(line, d)?),
+                        None if self.seen_from => self.global_args.get(name).cloned(),
+                        None => None,
+                    },
                 };
                 self.declared.push(name.clone());
                 if let Some(v) = &value {
-                    self.args.insert(name.clone(), v.clone());
+                    if self.seen_from {
+                        self.args.insert(name.clone(), v.clone());
+                    } else {
+                        self.global_args.insert(name.clone(), v.clone());
+                    }
                 }
                 // Not the value: like Docker, a build argument changes only the steps that
                 // use it (RUN has the ARGs in scope in its key; others their expansion).
@@ -350,13 +407,17 @@ impl Builder<'_> {
             }
             Instruction::Cmd(cmd) => {
                 self.config.cmd = Some(cmd.argv());
+                self.cmd_set = true;
                 self.chain(&format!("CMD {:?}", self.config.cmd));
                 Ok(())
             }
             Instruction::Entrypoint(cmd) => {
                 self.config.entrypoint = Some(cmd.argv());
-                // Docker: a new ENTRYPOINT drops a CMD inherited from the base image.
-                self.config.cmd = None;
+                // Docker: a new ENTRYPOINT drops a CMD inherited from the base image (not
+                // one this Dockerfile set).
+                if !self.cmd_set {
+                    self.config.cmd = None;
+                }
                 self.chain(&format!("ENTRYPOINT {:?}", self.config.entrypoint));
                 Ok(())
             }
@@ -373,7 +434,18 @@ impl Builder<'_> {
     }
 
     fn from(&mut self, line: usize, image: &str) -> Result<()> {
-        let spec = self.expand(line, image)?;
+        let spec = expand(image, &self.global_args).map_err(|e| build_error(line, e.to_string()))?;
+        self.seen_from = true;
+        let local = ["dir:", "oci:", "docker-archive:"].iter().any(|p| spec.starts_with(p));
+        if local && !self.local_sources {
+            return Err(build_error(
+                line,
+                format!(
+                    "FROM {spec}: a Dockerfile may not read images from this machine's filesystem unless the build allows it \
+                     (--allow-local-sources): it could import any host path into the image"
+                ),
+            ));
+        }
         if spec == "scratch" {
             self.image = None;
             self.config = RunConfig::default();
@@ -442,10 +514,10 @@ impl Builder<'_> {
         })?;
         let _ = fs::remove_dir_all(upper);
         let tars = if stats.is_empty() { Vec::new() } else { vec![tar_path.clone()] };
-        let img =
+        let (img, lease) =
             self.store.commit(self.image.as_ref(), &tars, &self.config, None).map_err(|e| store_error("committing a build step", &e))?;
+        self.leases.push(lease);
         let _ = fs::remove_file(&tar_path);
-        self.lease(&img)?;
         cache::put(&self.opts.root, &self.key, &img.id).map_err(|source| Error::Io {
             step: "writing the build cache",
             name: String::new(),
@@ -468,7 +540,10 @@ impl Builder<'_> {
         let env_names: Vec<String> = env_map(&self.config).into_iter().map(|(k, _)| k).collect();
         let arg_env: Vec<(String, String)> =
             self.args.iter().filter(|(k, _)| !env_names.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-        self.chain(&format!("RUN {argv:?} {arg_env:?} {:?} {:?} {:?}", self.config.env, self.config.working_dir, self.config.user));
+        self.chain(&format!(
+            "RUN {argv:?} {arg_env:?} {:?} {:?} {:?} {:?}",
+            self.config.env, self.config.working_dir, self.config.user, self.opts.network
+        ));
         self.layer_steps += 1;
         self.keys.push(self.key.clone());
         if let Some(img) = self.cached()? {
@@ -525,6 +600,32 @@ impl Builder<'_> {
         self.commit_layer(&upper)
     }
 
+    /// The image so far as a detached overlay mount with a fresh upper directory (or, for
+    /// FROM scratch, the upper directory alone), for COPY and ADD. Dropping the returned
+    /// `RootFs` unmounts it (it was never attached anywhere).
+    fn mount_for_copy(&mut self, line: usize, word: &str) -> Result<(crate::sandbox::files::RootFs, PathBuf, PathBuf)> {
+        let upper = self.work.next("upper");
+        let work = self.work.next("ovl-work");
+        for d in [&upper, &work] {
+            fs::create_dir(d).map_err(|source| Error::Io { step: "creating a COPY layer", name: d.display().to_string(), source })?;
+        }
+        let lowers: Vec<String> = match &self.image {
+            Some(img) => img.layers.iter().rev().map(|p| p.display().to_string()).collect(),
+            None => Vec::new(),
+        };
+        let root_fd = if lowers.is_empty() {
+            fs::File::open(&upper).map(std::os::fd::OwnedFd::from).map_err(|source| Error::Io {
+                step: "opening a COPY layer",
+                name: upper.display().to_string(),
+                source,
+            })?
+        } else {
+            crate::fs::overlay::detached_overlay(&lowers, &upper.display().to_string(), &work.display().to_string())
+                .map_err(|e| build_error(line, format!("mounting the image for {word}: {e}")))?
+        };
+        Ok((crate::sandbox::files::RootFs::new(root_fd), upper, work))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn copy(&mut self, line: usize, add: bool, srcs: &[String], dest: &str, chown: Option<&str>, chmod: Option<u32>) -> Result<()> {
         let word = if add { "ADD" } else { "COPY" };
@@ -538,84 +639,87 @@ impl Builder<'_> {
                     format!("ADD {src}: remote sources are not supported; download it in a RUN step (RUN has the network)"),
                 ));
             }
-            found.extend(context::find(&self.context, &self.ignore, &src).map_err(|e| build_error(line, e.to_string()))?);
+            for f in context::find(&self.context, &self.ignore, &src).map_err(|e| build_error(line, e.to_string()))? {
+                found.push((src.clone(), f));
+            }
         }
         let dest_abs = if dest.starts_with('/') { dest.clone() } else { format!("{}/{dest}", self.workdir().trim_end_matches('/')) };
-        let into_dir = dest.ends_with('/') || dest.ends_with("/.") || found.len() > 1 || srcs.iter().any(|s| s.contains(['*', '?', '[']));
+        let (rootfs, upper, work) = self.mount_for_copy(line, word)?;
+        // Owner names are the image's as it is before this copy.
+        let owner = chown.map(|c| self.owner(&rootfs, line, c)).transpose()?.unwrap_or((0, 0));
+        let wildcard = srcs.iter().any(|s| s.contains(['*', '?', '[']));
+        let named_dir = dest.ends_with('/') || dest == "." || dest == ".." || dest.ends_with("/.") || dest.ends_with("/..");
+        // Resolved in the image, symlinks included (`/bin -> usr/bin` is a directory).
+        let exists_as_dir = rootfs.open_path(&dest_abs).ok().and_then(|fd| fs::File::from(fd).metadata().ok()).is_some_and(|m| m.is_dir());
+        if (found.len() > 1 || wildcard) && !named_dir && !exists_as_dir {
+            return Err(build_error(
+                line,
+                format!("{word} with more than one source needs a directory destination ending in '/', not {dest:?}"),
+            ));
+        }
+        // ADD extracts local tar archives into the destination, which is then a directory.
+        let archive = |rel: &str| add && is_archive(&self.context, rel);
+        let single_file = found.len() == 1 && !found[0].1.is_dir && !archive(&found[0].1.rel);
+        let into_dir = !single_file || named_dir || exists_as_dir || wildcard;
         // Stage what lands in the destination directory, hashing it for the cache key.
         let stage = self.work.next("stage");
         fs::create_dir(&stage).map_err(|source| Error::Io { step: "staging COPY sources", name: stage.display().to_string(), source })?;
-        let (ctx, ignore) = (self.context.clone(), self.ignore.clone());
-        let mut stager = context::Stager { context: &ctx, ignore: &ignore, hash: Hasher::default() };
+        let ignore = self.ignore.clone();
+        let mut stager = context::Stager { context: &self.context, ignore: &ignore, hash: Hasher::default() };
         let stage_err = |e: context::ContextError| build_error(line, e.to_string());
-        let target_dir;
-        let single_dir_src = found.len() == 1 && found[0].is_dir;
-        if into_dir || single_dir_src {
-            target_dir = dest_abs.clone();
-            for f in &found {
+        let target_dir = if into_dir {
+            for (src, f) in &found {
                 if f.is_dir {
                     // A directory's contents are copied, not the directory itself.
-                    let inner = self.work.next("dir");
-                    stager.stage(&f.rel, &inner).map_err(stage_err)?;
-                    merge_into(&inner, &stage).map_err(|source| Error::Io { step: "staging COPY sources", name: f.rel.clone(), source })?;
+                    stager.stage(src, &f.rel, &stage).map_err(stage_err)?;
                 } else {
                     let base = f.rel.rsplit('/').next().unwrap_or(&f.rel);
-                    stager.stage(&f.rel, &stage.join(base)).map_err(stage_err)?;
+                    stager.stage(src, &f.rel, &stage.join(base)).map_err(stage_err)?;
                 }
             }
+            dest_abs.clone()
         } else {
             let (parent, base) = match dest_abs.trim_end_matches('/').rsplit_once('/') {
                 Some((p, b)) if !b.is_empty() => (if p.is_empty() { "/".to_string() } else { p.to_string() }, b.to_string()),
                 _ => return Err(build_error(line, format!("{word} destination {dest:?} names no file"))),
             };
-            target_dir = parent;
-            stager.stage(&found[0].rel, &stage.join(&base)).map_err(stage_err)?;
+            stager.stage(&found[0].0, &found[0].1.rel, &stage.join(&base)).map_err(stage_err)?;
+            parent
+        };
+        let mut hash = stager.hash;
+        // The names things land under (a file may be copied to another name) are part of
+        // what the step does.
+        for rel in walk_rel(&stage) {
+            hash.update(rel.as_bytes());
+            hash.update(b"\0");
         }
-        // ADD unpacks local tar archives (gzip, zstd or plain) into the destination.
         if add {
             self.extract_archives(line, &stage)?;
         }
-        let content = stager.hash.finish();
-        self.chain(&format!("{word} {content} -> {target_dir} {chown:?} {chmod:?} {:?}", self.config.user));
+        let content = hash.finish();
+        self.chain(&format!("{word} {content} -> {target_dir} {owner:?} {chmod:?}"));
         self.layer_steps += 1;
         self.keys.push(self.key.clone());
         if let Some(img) = self.cached()? {
-            let _ = fs::remove_dir_all(&stage);
+            drop(rootfs);
+            for d in [&stage, &upper, &work] {
+                let _ = fs::remove_dir_all(d);
+            }
             self.use_cached(img);
             return Ok(());
         }
-        let upper = self.work.next("upper");
-        let work = self.work.next("ovl-work");
-        for d in [&upper, &work] {
-            fs::create_dir(d).map_err(|source| Error::Io { step: "creating a COPY layer", name: d.display().to_string(), source })?;
+        rootfs.copy_contents(&stage, &target_dir).map_err(|e| build_error(line, format!("{word}: {e}")))?;
+        // Docker's ownership and modes: 0:0 (or --chown) and the source's mode bits, setuid
+        // included (or --chmod), also for a file that replaced one of the image. Only
+        // entries the copy made: a whiteout or FIFO in an ADD archive is skipped by the copy
+        // and must not re-own the image's file of that name.
+        for (rel, mode) in copied_entries(&stage) {
+            let path = format!("{}/{rel}", target_dir.trim_end_matches('/'));
+            rootfs
+                .set_owner_mode(&path, Some(owner), mode.map(|m| chmod.unwrap_or(m)))
+                .map_err(|e| build_error(line, format!("{word}: {e}")))?;
         }
-        {
-            let lowers: Vec<String> = match &self.image {
-                Some(img) => img.layers.iter().rev().map(|p| p.display().to_string()).collect(),
-                None => Vec::new(),
-            };
-            let root_fd = if lowers.is_empty() {
-                // FROM scratch: the layer itself is the whole tree.
-                std::fs::File::open(&upper).map(std::os::fd::OwnedFd::from).map_err(|source| Error::Io {
-                    step: "opening a COPY layer",
-                    name: upper.display().to_string(),
-                    source,
-                })?
-            } else {
-                crate::fs::overlay::detached_overlay(&lowers, &upper.display().to_string(), &work.display().to_string())
-                    .map_err(|e| build_error(line, format!("mounting the image for {word}: {e}")))?
-            };
-            let rootfs = crate::sandbox::files::RootFs::new(root_fd);
-            rootfs.copy_contents(&stage, &target_dir).map_err(|e| build_error(line, format!("{word}: {e}")))?;
-            if chown.is_some() || chmod.is_some() {
-                let owner = chown.map(|c| self.owner(&rootfs, line, c)).transpose()?;
-                for rel in walk_rel(&stage) {
-                    let path = format!("{}/{rel}", target_dir.trim_end_matches('/'));
-                    rootfs.set_owner_mode(&path, owner, chmod).map_err(|e| build_error(line, format!("{word}: {e}")))?;
-                }
-            }
-            // Dropping the mount's fd unmounts it (it was never attached anywhere).
-        }
+        drop(rootfs);
         let _ = fs::remove_dir_all(&stage);
         let _ = fs::remove_dir_all(&work);
         self.commit_layer(&upper)
@@ -661,59 +765,36 @@ impl Builder<'_> {
         let Ok(rd) = fs::read_dir(stage) else { return Ok(()) };
         for e in rd.flatten() {
             let p = e.path();
-            if !e.file_type().is_ok_and(|t| t.is_file()) || !is_archive(&p) {
+            if !e.file_type().is_ok_and(|t| t.is_file()) || !is_archive_file(&p) {
                 continue;
             }
+            let io = |source| Error::Io { step: "extracting an ADD archive", name: p.display().to_string(), source };
             let out = self.work.next("unpacked");
-            fs::create_dir(&out).map_err(|source| Error::Io {
-                step: "extracting an ADD archive",
-                name: p.display().to_string(),
-                source,
-            })?;
-            let f = fs::File::open(&p).map_err(|source| Error::Io {
-                step: "extracting an ADD archive",
-                name: p.display().to_string(),
-                source,
-            })?;
+            fs::create_dir(&out).map_err(io)?;
+            let f = fs::File::open(&p).map_err(io)?;
             envbox_rootfs::unpack::unpack_blob(std::io::BufReader::new(f), &out, None, &envbox_rootfs::Limits::default())
                 .map_err(|err| build_error(line, format!("ADD {}: {}", e.file_name().to_string_lossy(), crate::error::chain(&err))))?;
-            fs::remove_file(&p).map_err(|source| Error::Io { step: "extracting an ADD archive", name: p.display().to_string(), source })?;
-            merge_into(&out, stage).map_err(|source| Error::Io {
-                step: "extracting an ADD archive",
-                name: p.display().to_string(),
-                source,
-            })?;
+            fs::remove_file(&p).map_err(io)?;
+            merge_into(&out, stage).map_err(io)?;
         }
         Ok(())
     }
 }
 
-/// Whether a file is a tar (plain, gzip or zstd): ADD extracts those.
-fn is_archive(p: &Path) -> bool {
-    use std::io::Read;
-    let Ok(f) = fs::File::open(p) else { return false };
-    let mut r = std::io::BufReader::new(f);
-    let Ok(c) = envbox_rootfs::unpack::Compression::detect(&mut r) else { return false };
-    let mut head = vec![0u8; 512];
-    let n = match c {
-        envbox_rootfs::unpack::Compression::None => r.read(&mut head).unwrap_or(0),
-        envbox_rootfs::unpack::Compression::Gzip => flate2_head(r, &mut head),
-        envbox_rootfs::unpack::Compression::Zstd => return true,
-    };
-    n >= 262 && &head[257..262] == b"ustar"
+/// Whether a context file is a tar (plain, gzip or zstd): ADD extracts those.
+fn is_archive(ctx: &context::Context, rel: &str) -> bool {
+    is_archive_file(&ctx.path.join(rel))
 }
 
-fn flate2_head(r: impl std::io::Read, head: &mut [u8]) -> usize {
-    use std::io::Read;
-    let mut d = flate2::read::GzDecoder::new(r);
-    let mut n = 0;
-    while n < head.len() {
-        match d.read(&mut head[n..]) {
-            Ok(0) | Err(_) => break,
-            Ok(k) => n += k,
-        }
+/// A staged or context file that is a tar archive. xz and bzip2 archives are not
+/// supported; they are copied as files like any other (the README says so).
+fn is_archive_file(p: &Path) -> bool {
+    let Ok(f) = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(p) else { return false };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
     }
-    n
+    let head = envbox_rootfs::unpack::peek_decompressed(f).unwrap_or_default();
+    head.len() >= 262 && &head[257..262] == b"ustar"
 }
 
 /// Moves the entries of `from` into `into` (merging directories), then removes `from`.
@@ -738,7 +819,27 @@ fn merge_into(from: &Path, into: &Path) -> std::io::Result<()> {
     fs::remove_dir_all(from)
 }
 
-/// Every path under `dir`, relative, parents before children.
+/// The staged entries a copy recreates — directories, regular files, symlinks — relative,
+/// parents first, with the mode to give them (`None` for a symlink: modes do not apply).
+fn copied_entries(stage: &Path) -> Vec<(String, Option<u32>)> {
+    use std::os::unix::fs::MetadataExt;
+    walk_rel(stage)
+        .into_iter()
+        .filter_map(|rel| {
+            let md = fs::symlink_metadata(stage.join(&rel)).ok()?;
+            let ft = md.file_type();
+            if ft.is_symlink() {
+                Some((rel, None))
+            } else if ft.is_dir() || ft.is_file() {
+                Some((rel, Some(md.mode() & 0o7777)))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Every path under `dir`, relative, parents before children, sorted.
 fn walk_rel(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
@@ -753,6 +854,8 @@ fn walk_rel(dir: &Path) -> Vec<String> {
             out.push(r);
         }
     }
+    // Sorted: deterministic for the cache key, and a parent sorts before what is in it.
+    out.sort();
     out
 }
 

@@ -30,9 +30,14 @@ pub struct Args {
     /// The base image of a directory without a Dockerfile.
     #[arg(long, default_value = DEFAULT_BASE)]
     base: String,
-    /// The network of RUN steps: host (default, so package installs work), none or egress.
+    /// The network of RUN steps: host (default, so package installs work), none or egress
+    /// (a NAT route out that cannot reach the host's own services).
     #[arg(long, default_value = "host")]
     net: Network,
+    /// Let FROM name images on this machine (dir:PATH, oci:PATH, docker-archive:PATH). Off by
+    /// default: a Dockerfile from elsewhere could import any host path into its image.
+    #[arg(long)]
+    allow_local_sources: bool,
 }
 
 pub fn run(root: &Path, a: Args) -> Result<i32> {
@@ -42,6 +47,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
     opts.no_cache = a.no_cache;
     opts.base = Some(a.base);
     opts.network = a.net;
+    opts.local_sources = a.allow_local_sources;
     let t0 = std::time::Instant::now();
     let built = envbox::build::build(&opts, &mut std::io::stderr())?;
     eprintln!(

@@ -979,7 +979,8 @@ fn make_symlink(target: &OsStr, dir: BorrowedFd<'_>, name: &CStr) -> nix::Result
 }
 
 /// Names in the directory `dir`, without `.` and `..`.
-fn list_dir(dir: BorrowedFd<'_>) -> nix::Result<Vec<CString>> {
+/// The names in a directory (without `.` and `..`), from its descriptor.
+pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> nix::Result<Vec<CString>> {
     // A fresh open file description of the same directory, so the listing has its own offset.
     let fd = open_child(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
     let mut listing = Dir::from(fd)?;
