@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 
 use common::TestRoot;
 use envbox::{Image, Sandbox};
-use envbox_rootfs::fixtures::registry::{self, TestRegistry};
+use envbox_rootfs::fixtures::registry::TestRegistry;
 
 fn envbox(root: &TestRoot, args: &[&str]) -> Output {
     Command::new(common::agent()).env("ENVBOX_ROOT", &root.path).args(args).output().unwrap()
@@ -263,19 +263,6 @@ fn an_environment_directory_without_dockerfile_is_served_from_its_image() {
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("the base image has no pip"), "{}", text(&o.stderr));
     root.assert_clean();
-}
-
-macro_rules! require_registry {
-    ($name:expr) => {
-        require_root!($name);
-        if let Some(why) = registry::missing_prereq() {
-            if std::env::var("SANDBOX_TESTS_MUST_RUN").as_deref() == Ok("1") {
-                panic!("{} needs {why} and SANDBOX_TESTS_MUST_RUN=1 forbids skipping", $name);
-            }
-            eprintln!("{} needs {why}. Skipping test.", $name);
-            return;
-        }
-    };
 }
 
 #[test]

@@ -10,20 +10,7 @@ use std::process::{Command, Output};
 
 use common::TestRoot;
 use envbox::{Image, Sandbox};
-use envbox_rootfs::fixtures::registry::{self, layout, TestRegistry};
-
-macro_rules! require_registry {
-    ($name:expr) => {
-        require_root!($name);
-        if let Some(why) = registry::missing_prereq() {
-            if std::env::var("SANDBOX_TESTS_MUST_RUN").as_deref() == Ok("1") {
-                panic!("{} needs {why} and SANDBOX_TESTS_MUST_RUN=1 forbids skipping", $name);
-            }
-            eprintln!("{} needs {why}. Skipping test.", $name);
-            return;
-        }
-    };
-}
+use envbox_rootfs::fixtures::registry::{layout, TestRegistry};
 
 fn envbox(root: &TestRoot, args: &[&str]) -> Output {
     Command::new(common::agent()).env("ENVBOX_ROOT", &root.path).args(args).output().unwrap()

@@ -62,6 +62,7 @@ pub mod registry;
 pub mod source;
 pub mod store;
 pub mod unpack;
+mod work;
 
 pub use digest::Digest;
 pub use error::{ImageError, Result};

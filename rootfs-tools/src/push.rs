@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flate2::{Compression, GzBuilder};
 
@@ -186,30 +185,11 @@ fn unique(layers: &[PushedLayer]) -> impl Iterator<Item = &PushedLayer> {
 /// is done once. Returns the layers bottom → top and the (uploaded, present) counts.
 fn push_layers(reg: &Registry, image: &Image, work: &Path, parallel: usize) -> Result<(Vec<PushedLayer>, usize, usize)> {
     let first: Vec<usize> = (0..image.diff_ids.len()).filter(|&i| !image.diff_ids[..i].contains(&image.diff_ids[i])).collect();
-    let next = AtomicUsize::new(0);
-    let results: Vec<(usize, Result<PushedLayer>)> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..parallel.min(first.len()))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    while let Some(&i) = first.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let r = push_layer(reg, &image.layers[i], &image.diff_ids[i], &work.join(format!("layer-{i}.tar.gz")));
-                        let failed = r.is_err();
-                        out.push((i, r));
-                        if failed {
-                            // stop taking work; the others finish their current layer
-                            next.store(usize::MAX / 2, Ordering::Relaxed);
-                            break;
-                        }
-                    }
-                    out
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().expect("push worker panicked")).collect()
+    let results = crate::work::each(&first, parallel, |&i| {
+        push_layer(reg, &image.layers[i], &image.diff_ids[i], &work.join(format!("layer-{i}.tar.gz")))
     });
     let mut done = HashMap::new();
-    for (i, r) in results {
+    for (&i, r) in first.iter().zip(results) {
         done.insert(image.diff_ids[i].clone(), r?);
     }
     let uploaded = done.values().filter(|l| l.uploaded).count();

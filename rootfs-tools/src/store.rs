@@ -559,30 +559,7 @@ impl Store {
     }
 
     fn ensure_layers(&self, specs: &[LayerSpec], src: &dyn BlobSource, limits: &Limits, parallel: usize) -> Result<InstallReport> {
-        let next = AtomicU64::new(0);
-        let results: Vec<Result<Option<u64>>> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..parallel.min(specs.len()))
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut out = Vec::new();
-                        loop {
-                            let i = usize::try_from(next.fetch_add(1, Ordering::Relaxed)).unwrap_or(usize::MAX);
-                            let Some(spec) = specs.get(i) else { break };
-                            let r = self.ensure_layer(spec, src, limits);
-                            let failed = r.is_err();
-                            out.push(r);
-                            if failed {
-                                // stop taking work; the others finish their current layer
-                                next.store(u64::MAX / 2, Ordering::Relaxed);
-                                break;
-                            }
-                        }
-                        out
-                    })
-                })
-                .collect();
-            workers.into_iter().flat_map(|w| w.join().expect("layer worker panicked")).collect()
-        });
+        let results = crate::work::each(specs, parallel, |spec| self.ensure_layer(spec, src, limits));
         let mut report = InstallReport::default();
         for r in results {
             match r? {

@@ -24,6 +24,22 @@ macro_rules! require_root {
     };
 }
 
+/// Like `require_root!`, and also returns (loudly) unless the registry tests can run here
+/// (Debian's docker-registry, umoci, skopeo and the busybox test rootfs).
+#[macro_export]
+macro_rules! require_registry {
+    ($name:expr) => {
+        require_root!($name);
+        if let Some(why) = envbox_rootfs::fixtures::registry::missing_prereq() {
+            if std::env::var("SANDBOX_TESTS_MUST_RUN").as_deref() == Ok("1") {
+                panic!("{} needs {why} and SANDBOX_TESTS_MUST_RUN=1 forbids skipping", $name);
+            }
+            eprintln!("{} needs {why}. Skipping test.", $name);
+            return;
+        }
+    };
+}
+
 /// A state root of its own for one test; removed (with a leak check) by
 /// `TestRoot::finish`.
 pub struct TestRoot {
