@@ -43,6 +43,9 @@ use dockerfile::{expand, Command, Instruction, Step};
 /// The base of an environment directory without a Dockerfile.
 pub const DEFAULT_BASE: &str = "python:3.12-slim";
 
+/// Output of a RUN step shown per stream; the rest is drained.
+const RUN_OUTPUT: u64 = 64 << 20;
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -575,7 +578,7 @@ impl Builder<'_> {
         let log = &mut *self.log;
         let out = sb.run_streaming(
             &String::from_utf8_lossy(&quoted),
-            &crate::config::RunOptions { timeout: None, max_output: 1 << 20 },
+            &crate::config::RunOptions { timeout: None, max_output: RUN_OUTPUT },
             &mut |chunk| {
                 let bytes = match chunk {
                     crate::Chunk::Stdout(b) | crate::Chunk::Stderr(b) => b,
@@ -584,6 +587,10 @@ impl Builder<'_> {
             },
         );
         let out = match out {
+            Ok(o) if o.stdout_truncated || o.stderr_truncated => {
+                let _ = writeln!(self.log, " ---> (output past {} MiB of a stream was not shown)", RUN_OUTPUT >> 20);
+                o
+            }
             Ok(o) => o,
             Err(e) => {
                 let _ = sb.delete_and_wait();
