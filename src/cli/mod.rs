@@ -16,6 +16,7 @@ mod ps;
 mod reset;
 mod rm;
 mod run;
+mod sandbox_flags;
 mod snapshot;
 mod stop;
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use envbox::config::{self, EnvKind, Image, Limits, Network, SandboxConfig, Seccomp, ServeConfig, Volume};
+use envbox::config::{self, EnvKind, Image, SandboxConfig, ServeConfig, Volume};
 use envbox::{Env, Result, Sandbox};
 
 #[derive(clap::Args)]
@@ -22,45 +22,15 @@ pub struct Args {
     /// function or http; default: detected from env.py like the reference framework does.
     #[arg(long = "type")]
     kind: Option<EnvKind>,
-    /// Run the environment's processes as USER[:GROUP]: names from the image's
-    /// /etc/passwd and /etc/group, or numeric ids; default: the image's User, else root.
-    /// --dir must then be readable by that user.
-    #[arg(long, value_name = "USER[:GROUP]", value_parser = config::parse_user)]
-    user: Option<String>,
-    /// Environment variable for the environment (repeatable).
-    #[arg(long = "env", short = 'e', value_parser = config::parse_env)]
-    env: Vec<(String, String)>,
-    /// Memory limit per replica, e.g. 512m.
-    #[arg(long = "mem-limit", alias = "memory", value_parser = config::parse_size)]
-    mem_limit: Option<u64>,
-    /// CPU limit per replica, e.g. 0.5.
-    #[arg(long, value_parser = config::parse_cpus)]
-    cpus: Option<u64>,
-    /// Size of each replica's writable layer (a tmpfs; ENOSPC when full), e.g. 1g.
-    #[arg(long, value_parser = config::parse_size)]
-    disk: Option<u64>,
-    /// Process limit per replica.
-    #[arg(long, value_parser = config::parse_pids)]
-    pids: Option<u64>,
-    /// Network: none (loopback only), host (the host's), or egress (a route out through
-    /// the host's NAT, limited by --allow).
-    #[arg(long, default_value = "none")]
-    net: Network,
-    /// How the writable root is made: overlayfs, or btrfs (the state root must be on btrfs).
-    #[arg(long, default_value = "overlayfs")]
-    fs: envbox::FsBackend,
-    /// --net egress: an allowed destination, CIDR[:PORT[-PORT]] (repeatable; none = all).
-    #[arg(long = "allow")]
-    allow: Vec<envbox::net::AllowRule>,
+    /// Each replica's settings (--memory/--mem-limit, --cpus, --disk and --pids per replica).
+    #[command(flatten)]
+    sandbox: super::sandbox_flags::SandboxFlags,
     /// Also serve the API on TCP (IP:PORT, or PORT for 127.0.0.1); replica i gets PORT+i.
     #[arg(long, value_parser = config::parse_publish)]
     publish: Option<std::net::SocketAddr>,
     /// Number of sandboxes serving the environment.
     #[arg(long, default_value_t = 1)]
     replicas: u16,
-    /// Extra bind volume HOST:CONTAINER[:ro] (repeatable).
-    #[arg(long = "volume", short = 'v')]
-    volumes: Vec<Volume>,
     /// The python interpreter inside the sandbox (default: python3).
     #[arg(long)]
     python: Option<String>,
@@ -76,10 +46,6 @@ pub struct Args {
     /// How long to wait for the environment to answer /health.
     #[arg(long = "ready-timeout", default_value_t = 120.0)]
     ready_timeout: f64,
-    /// Seccomp filter of the shell and the environment's processes: off,
-    /// default (a deny list like Docker's) or FILE (a seccompiler JSON policy).
-    #[arg(long, default_value = "default")]
-    seccomp: Seccomp,
     /// Print {"name","replicas","socket","methods"} as JSON.
     #[arg(long)]
     json: bool,
@@ -96,14 +62,13 @@ fn default_name(dir: Option<&Path>) -> String {
     }
 }
 
-pub fn run(root: &Path, a: Args) -> Result<i32> {
+pub fn run(root: &Path, mut a: Args) -> Result<i32> {
     let name = a.name.clone().unwrap_or_else(|| default_name(a.dir.as_deref()));
     config::validate_name(&name)?;
     if a.replicas == 0 {
         eprintln!("envbox: --replicas must be at least 1");
         return Ok(super::EXIT_FAILURE);
     }
-    let mut volumes = a.volumes.clone();
     let kind = match (&a.dir, a.kind) {
         (_, Some(k)) => k,
         (Some(dir), None) => {
@@ -130,7 +95,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         },
     };
     if let Some(dir) = &a.dir {
-        volumes.push(Volume { host: config::absolute(dir), container: "/app".into(), read_only: true });
+        a.sandbox.volumes.push(Volume { host: config::absolute(dir), container: "/app".into(), read_only: true });
     }
     let members = envbox::sandbox::members(root, &name)?;
     if !members.is_empty() {
@@ -169,16 +134,6 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
             None => None,
         };
         let cfg = SandboxConfig {
-            image: image.clone(),
-            workdir: "/app".into(),
-            env: a.env.clone(),
-            volumes: volumes.clone(),
-            limits: Limits { memory_bytes: a.mem_limit, cpu_millis: a.cpus, pids: a.pids, disk_bytes: a.disk },
-            network: a.net,
-            egress_allow: a.allow.clone(),
-            fs: a.fs,
-            root: root.to_path_buf(),
-            detached: true,
             serve: Some(ServeConfig {
                 kind,
                 python: a.python.clone(),
@@ -189,9 +144,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
                 ..ServeConfig::default()
             }),
             group: Some(name.clone()),
-            seccomp: a.seccomp.clone(),
-            user: a.user.clone(),
-            ..SandboxConfig::default()
+            ..a.sandbox.config(root, image.clone(), "/app".into())
         };
         match Sandbox::create(&cfg, sb_name) {
             Ok(sb) => {
