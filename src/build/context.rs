@@ -281,6 +281,12 @@ impl Context {
         Ok(Some((kind, md)))
     }
 
+    /// Opens a context file for reading (never through a symlink).
+    pub fn open_file(&self, rel: &str) -> io::Result<fs::File> {
+        let fd = self.open_rel(rel, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY).map_err(|(e, _)| io::Error::from(e))?;
+        Ok(fs::File::from(fd))
+    }
+
     /// The names in a context directory, sorted.
     fn list(&self, rel: &str) -> Result<Vec<String>, ContextError> {
         let fd = self.open_rel(rel, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|(e, p)| ContextError::Io { path: p, source: e.into() })?;
@@ -397,11 +403,11 @@ impl Stager<'_> {
                 fs::set_permissions(dest, fs::Permissions::from_mode(md.mode() & 0o7777)).map_err(dest_err)?;
                 for name in self.context.list(rel)? {
                     let child = join(rel, &name);
-                    if self.ignore.excluded(&child) && !self.ignore.has_exceptions() {
-                        continue;
-                    }
-                    let child_kind = self.context.kind(src, &child)?.map(|(k, _)| k);
-                    if self.ignore.excluded(&child) && child_kind != Some(Kind::Dir) {
+                    // An excluded directory is still walked when a `!` pattern may bring
+                    // back something below it.
+                    if self.ignore.excluded(&child)
+                        && (!self.ignore.has_exceptions() || !matches!(self.context.kind(src, &child)?, Some((Kind::Dir, _))))
+                    {
                         continue;
                     }
                     self.stage(src, &child, &dest.join(&name))?;
@@ -415,11 +421,7 @@ impl Stager<'_> {
                 std::os::unix::fs::symlink(&target, dest).map_err(dest_err)?;
             }
             Kind::File => {
-                let fd = self
-                    .context
-                    .open_rel(rel, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY)
-                    .map_err(|(e, p)| ContextError::Io { path: p, source: e.into() })?;
-                let mut from = fs::File::from(fd);
+                let mut from = self.context.open_file(rel).map_err(io_err(rel))?;
                 // It may have been swapped since it was looked at: check what was opened.
                 let opened = from.metadata().map_err(io_err(rel))?;
                 if !opened.is_file() {

@@ -671,8 +671,7 @@ impl Builder<'_> {
         // Stage what lands in the destination directory, hashing it for the cache key.
         let stage = self.work.next("stage");
         fs::create_dir(&stage).map_err(|source| Error::Io { step: "staging COPY sources", name: stage.display().to_string(), source })?;
-        let ignore = self.ignore.clone();
-        let mut stager = context::Stager { context: &self.context, ignore: &ignore, hash: Hasher::default() };
+        let mut stager = context::Stager { context: &self.context, ignore: &self.ignore, hash: Hasher::default() };
         let stage_err = |e: context::ContextError| build_error(line, e.to_string());
         let target_dir = if into_dir {
             for (src, f) in &found {
@@ -789,14 +788,19 @@ impl Builder<'_> {
 }
 
 /// Whether a context file is a tar (plain, gzip or zstd): ADD extracts those.
+/// Opened through the context's descriptor, like every other read of the context.
 fn is_archive(ctx: &context::Context, rel: &str) -> bool {
-    is_archive_file(&ctx.path.join(rel))
+    ctx.open_file(rel).is_ok_and(is_tar)
 }
 
-/// A staged or context file that is a tar archive. xz and bzip2 archives are not
-/// supported; they are copied as files like any other (the README says so).
+/// A staged file that is a tar archive.
 fn is_archive_file(p: &Path) -> bool {
-    let Ok(f) = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(p) else { return false };
+    fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(p).is_ok_and(is_tar)
+}
+
+/// Whether an opened regular file is a tar (plain, gzip or zstd). xz and bzip2 archives are
+/// not supported; ADD copies them as files like any other (the README says so).
+fn is_tar(f: fs::File) -> bool {
     if !f.metadata().is_ok_and(|m| m.is_file()) {
         return false;
     }
