@@ -96,8 +96,8 @@ pub fn keep(root: &Path, tagged: &BTreeSet<Digest>) -> Vec<Digest> {
 }
 
 fn is_stale(name: &str) -> bool {
-    let pid = name.rsplit("tmp-").next().and_then(|p| p.parse::<u32>().ok());
-    !pid.is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists())
+    let pid = name.rsplit("tmp-").next().and_then(|p| p.parse::<i32>().ok());
+    !pid.is_some_and(super::alive)
 }
 
 /// Less than a day old: a build that is still running (or was interrupted recently).

@@ -259,13 +259,18 @@ impl Drop for WorkDir {
     }
 }
 
+/// Whether process `pid` exists (a build's, or a cache writer's).
+fn alive(pid: i32) -> bool {
+    pid > 0 && Path::new("/proc").join(pid.to_string()).exists()
+}
+
 /// Removes build directories whose build process is gone.
 pub fn collect(root: &Path) {
     let Ok(rd) = fs::read_dir(work_parent(root)) else { return };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let pid = name.split('-').next().and_then(|p| p.parse::<i32>().ok());
-        if !pid.is_some_and(|pid| pid > 0 && Path::new("/proc").join(pid.to_string()).exists()) {
+        if !pid.is_some_and(alive) {
             let _ = fs::remove_dir_all(e.path());
         }
     }
