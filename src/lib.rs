@@ -42,3 +42,11 @@ pub use sandbox::{list, Chunk, Output, Sandbox, SandboxInfo};
 pub fn mark_current_exe_as_agent() {
     sandbox::mark_current_exe_as_agent();
 }
+
+/// Tells the library that this process creates at most one sandbox (a
+/// one-shot command): it then keeps no spare network namespaces and starts
+/// no zygote, which would only cost time.
+pub fn one_shot_process() {
+    namespace::disable_pool();
+    sandbox::zygote::disable();
+}

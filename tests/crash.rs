@@ -43,7 +43,9 @@ fn wait_for_no_orphans(keep: &[i32]) {
                 break;
             }
         }
-        let left: Vec<i32> = common::children(me).into_iter().filter(|p| !keep.contains(p)).collect();
+        // The zygote (it forks this process's agents) is no orphan.
+        let zygote = envbox::sandbox::zygote::pid();
+        let left: Vec<i32> = common::children(me).into_iter().filter(|p| !keep.contains(p) && Some(*p) != zygote).collect();
         if left.is_empty() {
             return;
         }

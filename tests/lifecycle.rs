@@ -185,6 +185,14 @@ fn sandboxes_die_with_their_creator_unless_detached() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(envbox::list(&root.path).unwrap().iter().all(|s| s.state == "dead"), "the sandbox outlived its creator");
+    // And so does the zygote that forked its agent.
+    let out = String::from_utf8_lossy(&status.stdout).into_owned();
+    let zygote: i32 = out.split("zygote=").nth(1).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!(zygote > 0, "the creator had no zygote: {out}");
+    while Instant::now() < deadline + Duration::from_secs(5) && common::process_exists(zygote) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!common::process_exists(zygote), "the zygote outlived its creator");
     envbox::collect_garbage(&root.path).unwrap();
     root.assert_clean();
 }
@@ -198,7 +206,7 @@ fn creator_helper() {
     let cfg = SandboxConfig { image: common::debian(), root: root.into(), agent: Some(common::agent()), ..Default::default() };
     let sb = Sandbox::create(&cfg, "orphan").unwrap();
     sb.run("true").unwrap();
-    println!("created");
+    println!("created zygote={}", envbox::sandbox::zygote::pid().unwrap_or(0));
     let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
 }
 

@@ -131,5 +131,5 @@ fn ten_thousand_cycles_at_16_way_and_a_reset_storm_leak_nothing() {
     let grown = rss_kib().saturating_sub(rss);
     eprintln!("soak: RSS {rss} KiB after warm-up, grew by {grown} KiB");
     assert!(grown < 16 * 1024, "resident memory grew by {grown} KiB over {cycles} cycles");
-    assert!(common::children(i32::try_from(std::process::id()).unwrap()).is_empty(), "child processes left");
+    common::assert_no_child_but_the_zygote();
 }

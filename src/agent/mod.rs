@@ -302,6 +302,15 @@ impl EnvEndpoints {
     }
 }
 
+/// Reports a failure before [`main`] could start (the zygote's child could
+/// not enter its namespaces) on the control channel at [`FD_CONTROL`].
+pub fn report_startup_failure(message: &str) -> i32 {
+    match sys::take_inherited_fd(FD_CONTROL) {
+        Some(control) => startup_failed(&mut StdUnixStream::from(control), message),
+        None => 1,
+    }
+}
+
 fn startup_failed(control: &mut StdUnixStream, message: &str) -> i32 {
     let _ = proto::write_frame(control, kind::ERROR, &proto::json(&StartupReply { error: Some(message.to_string()) }));
     let _ = control.flush();

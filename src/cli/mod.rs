@@ -91,6 +91,12 @@ pub fn main() -> i32 {
         Command::Init(a) => return report(init::run(&root, a)),
         command => Cli { command, ..cli },
     };
+    // Commands that create many sandboxes keep what makes the next create
+    // cheaper (spare network namespaces, the zygote); the others would only
+    // pay for it.
+    if !matches!(cli.command, Command::Bench(_) | Command::Fork(_) | Command::Build(_)) {
+        envbox::one_shot_process();
+    }
     if let Err(e) = envbox::sandbox::require_root() {
         eprintln!("envbox: {e}");
         return EXIT_FAILURE;

@@ -3,9 +3,8 @@
 //! leaves nothing behind (and a crash leaves only what the garbage collector
 //! recognises as dead).
 
-use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -64,15 +63,15 @@ struct Undo {
     root: PathBuf,
     dir: Option<PathBuf>,
     cgroup: Option<Cgroup>,
-    agent: Option<(i32, OwnedFd)>,
+    agent: Option<Spawned>,
 }
 
 impl Undo {
     fn undo(&mut self) -> Result<()> {
         let mut first_err = None;
-        if let Some((pid, pidfd)) = self.agent.take() {
-            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        if let Some(agent) = self.agent.take() {
+            let _ = sys::pidfd_send_signal(agent.pidfd.as_fd(), libc::SIGKILL);
+            super::delete::wait_exit(agent.pid, &agent.pidfd, agent.ours, SETUP_TIMEOUT);
         }
         if let Some(cg) = self.cgroup.take() {
             if let Err(e) = cg.kill_all().and_then(|()| cg.remove()) {
@@ -268,9 +267,9 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         env: env_fds.as_ref(),
         lease: lease.as_ref().map(std::os::fd::AsFd::as_fd),
     };
-    let spawn = spawn_agent(&agent_path, namespaces, &inherited).map_err(|e| fail(&mut undo, io("starting the sandbox agent")(e)))?;
-    let pid = spawn.0;
-    undo.agent = Some(spawn);
+    let spawned = spawn_agent(&agent_path, namespaces, &inherited).map_err(|e| fail(&mut undo, io("starting the sandbox agent")(e)))?;
+    let pid = spawned.pid;
+    undo.agent = Some(spawned);
     drop((agent_control, listener, devnull, log, parent_pidfd, netns, env_fds, lease));
 
     // Step 7: into the cgroups before it does anything.
@@ -324,7 +323,7 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
     drop(control);
 
     // Done: nothing to undo; the agent holds the lock from now on.
-    let (_, pidfd) = undo.agent.take().ok_or_else(|| Error::Dead { name: name.to_string() })?;
+    let agent = undo.agent.take().ok_or_else(|| Error::Dead { name: name.to_string() })?;
     undo.cgroup = None;
     undo.dir = None;
     drop(lock);
@@ -333,10 +332,10 @@ pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
         root,
         dir,
         state: st,
-        pidfd,
+        pidfd: agent.pidfd,
         conn: Mutex::new(None),
         owned: !config.detached,
-        parent: true,
+        parent: agent.ours,
         deleted: false,
     })
 }
@@ -379,40 +378,47 @@ impl EnvFds {
     }
 }
 
-fn spawn_agent(agent: &Path, namespaces: libc::c_int, fds: &AgentFds<'_>) -> std::io::Result<(i32, OwnedFd)> {
-    // Sources are duplicated above every target first, so the dup2 calls in
-    // the child cannot clobber each other.
-    let high = |fd: std::os::fd::BorrowedFd<'_>| sys::dup_above(fd, 16);
-    let mut keep = vec![
-        (high(fds.devnull.as_fd())?, 0),
-        (high(fds.log.as_fd())?, 1),
-        (high(fds.log.as_fd())?, 2),
-        (high(fds.control.as_fd())?, agent::FD_CONTROL),
-        (high(fds.listener.as_fd())?, agent::FD_LISTEN),
-        (high(fds.lock.as_fd())?, agent::FD_LOCK),
+/// A started agent: its pid, a pidfd, and whether it is our child (exec'd
+/// by us, so we reap it) or the zygote's.
+struct Spawned {
+    pid: i32,
+    pidfd: OwnedFd,
+    ours: bool,
+}
+
+fn spawn_agent(agent: &Path, namespaces: libc::c_int, fds: &AgentFds<'_>) -> std::io::Result<Spawned> {
+    let mut targets = vec![
+        (fds.devnull.as_fd(), 0),
+        (fds.log.as_fd(), 1),
+        (fds.log.as_fd(), 2),
+        (fds.control.as_fd(), agent::FD_CONTROL),
+        (fds.listener.as_fd(), agent::FD_LISTEN),
+        (fds.lock.as_fd(), agent::FD_LOCK),
     ];
     if let Some(p) = fds.parent {
-        keep.push((high(p.as_fd())?, agent::FD_PARENT));
+        targets.push((p.as_fd(), agent::FD_PARENT));
     }
     if let Some(n) = fds.netns {
-        keep.push((high(n.as_fd())?, agent::FD_NETNS));
+        targets.push((n.as_fd(), agent::FD_NETNS));
     }
     if let Some(lease) = fds.lease {
-        keep.push((high(lease)?, agent::FD_LEASE));
+        targets.push((lease, agent::FD_LEASE));
     }
     if let Some(env) = fds.env {
-        keep.push((high(env.unix.as_fd())?, agent::FD_ENV_LISTEN));
+        targets.push((env.unix.as_fd(), agent::FD_ENV_LISTEN));
         if let Some(t) = &env.tcp {
-            keep.push((high(t.as_fd())?, agent::FD_ENV_TCP));
+            targets.push((t.as_fd(), agent::FD_ENV_TCP));
         }
-        keep.push((high(env.log.as_fd())?, agent::FD_ENV_LOG));
+        targets.push((env.log.as_fd(), agent::FD_ENV_LOG));
     }
-    let spec = sys::SpawnSpec {
-        path: CString::new(agent.as_os_str().as_encoded_bytes()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?,
-        argv: vec![CString::new("envbox").unwrap_or_default(), CString::new(agent::AGENT_SUBCOMMAND).unwrap_or_default()],
-        envp: Vec::new(),
-        fds: keep.iter().map(|(fd, target)| (fd.as_raw_fd(), *target)).collect(),
-        namespaces,
-    };
-    sys::spawn_in_namespaces(&spec)
+    // Forked by this process's zygote when it has one (no exec), else
+    // exec'd here.
+    if let Some(forked) = super::zygote::spawn(agent, namespaces, &targets) {
+        return forked.map(|(pid, pidfd)| Spawned { pid, pidfd, ours: false });
+    }
+    sys::spawn_with_fds(agent, &["envbox", agent::AGENT_SUBCOMMAND], &targets, namespaces).map(|(pid, pidfd)| Spawned {
+        pid,
+        pidfd,
+        ours: true,
+    })
 }

@@ -22,7 +22,7 @@ pub enum Wait {
 }
 
 /// Waits until the process behind `pidfd` has exited.
-fn wait_exit(pid: i32, pidfd: &OwnedFd, parent: bool, timeout: Duration) -> bool {
+pub(super) fn wait_exit(pid: i32, pidfd: &OwnedFd, parent: bool, timeout: Duration) -> bool {
     if parent {
         // Ours: reap it, so it leaves no zombie.
         return nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).is_ok();

@@ -9,6 +9,7 @@ pub mod files;
 pub mod reclaim;
 mod snapshot;
 pub mod state;
+pub mod zygote;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};

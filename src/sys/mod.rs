@@ -132,6 +132,28 @@ pub fn spawn_in_namespaces(spec: &SpawnSpec) -> io::Result<(i32, OwnedFd)> {
     Ok((pid, pidfd))
 }
 
+/// [`spawn_in_namespaces`] with an empty environment, `fds` moved onto
+/// their target numbers, and every other fd closed.
+pub fn spawn_with_fds(
+    path: &std::path::Path,
+    argv: &[&str],
+    fds: &[(BorrowedFd<'_>, RawFd)],
+    namespaces: libc::c_int,
+) -> io::Result<(i32, OwnedFd)> {
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    // Sources are duplicated above every target first, so the dup2 calls in
+    // the child cannot clobber each other.
+    let keep = fds.iter().map(|&(fd, target)| Ok((dup_above(fd, 16)?, target))).collect::<io::Result<Vec<_>>>()?;
+    let spec = SpawnSpec {
+        path: cstr(path.as_os_str().as_encoded_bytes())?,
+        argv: argv.iter().map(|a| cstr(a.as_bytes())).collect::<io::Result<_>>()?,
+        envp: Vec::new(),
+        fds: keep.iter().map(|(fd, target)| (fd.as_raw_fd(), *target)).collect(),
+        namespaces,
+    };
+    spawn_in_namespaces(&spec)
+}
+
 /// Duplicates `fd` to a new close-on-exec fd numbered at least `min`.
 pub fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC creates a new fd that we own from here on.
@@ -156,6 +178,88 @@ pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     // SAFETY: the fd was handed to this process at exec and nothing else
     // in the process claims it.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fork(2)`, for a process that has exactly one thread (the zygote).
+///
+/// Returns `Some(pid)` in the parent and `None` in the child. With one
+/// thread no lock can be held by a thread that the child lacks, so the
+/// child may allocate and run ordinary code, which is not true after a fork
+/// of a multi-threaded process; hence the check, which refuses otherwise.
+pub fn fork_single_threaded() -> io::Result<Option<i32>> {
+    let threads = std::fs::read_dir("/proc/thread-self/..")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!("refusing to fork a process with {threads} threads")));
+    }
+    // SAFETY: the process is single-threaded (checked above), so the child
+    // is a complete copy of a consistent process.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid)),
+    }
+}
+
+/// Rewrites this process's command line (what `/proc/<pid>/cmdline` and
+/// `ps` show) in place to `args`, NUL-separated; the rest of the original
+/// area is zeroed. Fails with EINVAL when `args` does not fit.
+pub fn rewrite_cmdline(args: &[&str]) -> io::Result<()> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name, which may contain anything but ends
+    // at the last ')': field 3 (state) is index 0; arg_start and arg_end
+    // are fields 48 and 49.
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<usize>().ok());
+    let (Some(start), Some(end)) = (field(48), field(49)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let mut new: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain(std::iter::once(0))).collect();
+    let len = end.checked_sub(start).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    if new.len() > len || args.iter().any(|a| a.contains('\0')) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    new.resize(len, 0);
+    // SAFETY: [start, end) is the argument area the kernel set up for this
+    // process at exec (on its stack, writable), as it reports it; nothing
+    // else is written, and what Rust's args() points at stays NUL-terminated.
+    unsafe { std::ptr::copy_nonoverlapping(new.as_ptr(), start as *mut u8, len) };
+    Ok(())
+}
+
+/// Moves fds onto fixed numbers, `(source, target)` each, and closes every
+/// other fd of the process: what a freshly forked agent inherits.
+pub fn install_fds(pairs: &[(RawFd, RawFd)]) -> io::Result<()> {
+    let max_target = pairs.iter().map(|&(_, t)| t).max().unwrap_or(2).max(2);
+    // First every source above every target, so no dup2 clobbers a source
+    // that is still to be moved.
+    let mut high = Vec::with_capacity(pairs.len());
+    for &(src, target) in pairs {
+        // SAFETY: F_DUPFD_CLOEXEC creates a new fd in our own table.
+        let fd = unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, max_target + 1) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        high.push((fd, target));
+    }
+    for &(src, target) in &high {
+        // SAFETY: dup2 onto a number of our own table (the old fd there, if
+        // any, is closed: nothing of it is wanted).
+        if unsafe { libc::dup2(src, target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    for fd in 0..max_target {
+        if !pairs.iter().any(|&(_, t)| t == fd) {
+            // SAFETY: closing an fd of our own table; EBADF is fine.
+            unsafe { libc::close(fd) };
+        }
+    }
+    let first = libc::c_uint::try_from(max_target + 1).unwrap_or(3);
+    // SAFETY: close_range only closes fds of our own table.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0);
+    }
+    Ok(())
 }
 
 /// `pidfd_open(2)`: a stable handle on a process, immune to pid reuse.

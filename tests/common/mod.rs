@@ -137,6 +137,20 @@ pub fn children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Processes whose parent is any thread of process `pid` (`children`
+/// lists those of its main thread only).
+pub fn child_processes(pid: i32) -> Vec<i32> {
+    let mut out: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().flat_map(|t| children_of_task(&t.path())).collect())
+        .unwrap_or_default();
+    out.sort_unstable();
+    out
+}
+
+fn children_of_task(task: &Path) -> Vec<i32> {
+    std::fs::read_to_string(task.join("children")).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
 pub fn process_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
@@ -145,6 +159,15 @@ pub fn process_exists(pid: i32) -> bool {
 /// Open fds of this process.
 pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+/// Asserts that this process's only child is its zygote and that the
+/// zygote has no child left (no agent outlived its sandbox).
+pub fn assert_no_child_but_the_zygote() {
+    let me = i32::try_from(std::process::id()).unwrap();
+    let zygote = envbox::sandbox::zygote::pid().expect("the creates went through a zygote");
+    assert_eq!(child_processes(me), vec![zygote], "child processes left");
+    assert_eq!(child_processes(zygote), Vec::<i32>::new(), "agents left");
 }
 
 /// A fixture environment directory under tests/fixtures/envs.
