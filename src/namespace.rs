@@ -8,6 +8,7 @@
 //! die with this process: nothing to clean up after a crash.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 
 use nix::fcntl::{open, OFlag};
@@ -26,6 +27,37 @@ struct Pool {
 
 static POOL: OnceLock<Pool> = OnceLock::new();
 static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Creates in progress in this process; the pool refills only when there
+/// are none (see [`busy`]).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Marks a create in progress until dropped.
+///
+/// Making a network namespace registers hundreds of sysctls and a device
+/// under global kernel locks that a create's own steps (a new IPC
+/// namespace, /proc and /sys mounts) take too: a refill running beside a
+/// create slows it by about half a millisecond here. So the pool refills
+/// between creates; under a constant stream of creates it runs dry, and
+/// each create makes its own namespace, as without a pool.
+pub struct Busy(());
+
+pub fn busy() -> Busy {
+    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    Busy(())
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if IN_FLIGHT.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Some(pool) = POOL.get() {
+                // Under the lock, so the refill thread cannot miss it
+                // between its check and its wait.
+                let _ready = pool.ready.lock().unwrap_or_else(|p| p.into_inner());
+                pool.wanted.notify_one();
+            }
+        }
+    }
+}
 
 /// Turns the pool off for this process (a one-shot CLI would only make
 /// spares to throw them away).
@@ -38,31 +70,48 @@ pub fn disable_pool() {
 fn make() -> std::io::Result<OwnedFd> {
     std::thread::Builder::new()
         .name("envbox-netns".into())
-        .spawn(|| -> std::io::Result<OwnedFd> {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
-            sys::loopback_up()?;
-            open("/proc/thread-self/ns/net", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-                .map(sys::owned)
-                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
-        })?
+        .spawn(make_here)?
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
 }
 
+/// Moves the calling thread into a new network namespace, brings its
+/// loopback up and returns an fd of it.
+fn make_here() -> std::io::Result<OwnedFd> {
+    let errno = |e: nix::errno::Errno| std::io::Error::from_raw_os_error(e as i32);
+    unshare(CloneFlags::CLONE_NEWNET).map_err(errno)?;
+    sys::loopback_up()?;
+    open("/proc/thread-self/ns/net", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map(sys::owned).map_err(errno)
+}
+
 fn refill(pool: &'static Pool) {
+    // Each namespace is made on this thread, which then goes back to its
+    // own: no thread per namespace, and none stays in a sandbox's.
+    let Ok(home) = open("/proc/thread-self/ns/net", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map(sys::owned) else { return };
     loop {
         let mut ready = pool.ready.lock().unwrap_or_else(|p| p.into_inner());
-        while ready.len() >= SPARES {
+        while ready.len() >= SPARES || IN_FLIGHT.load(Ordering::SeqCst) > 0 {
             ready = pool.wanted.wait(ready).unwrap_or_else(|p| p.into_inner());
         }
         drop(ready);
-        match make() {
+        let made = make_here();
+        if nix::sched::setns(&home, CloneFlags::CLONE_NEWNET).is_err() {
+            // Stuck in the new namespace: end this thread (which leaves
+            // it) and the refills; takers make their own.
+            return;
+        }
+        match made {
             Ok(ns) => pool.ready.lock().unwrap_or_else(|p| p.into_inner()).push(ns),
             // Cannot make namespaces (no privilege?): takers make their own
             // and report the error; stop trying here.
             Err(_) => return,
         }
     }
+}
+
+/// How many spare namespaces (each an open fd) the pool holds right now.
+pub fn spares() -> usize {
+    POOL.get().map_or(0, |p| p.ready.lock().unwrap_or_else(|p| p.into_inner()).len())
 }
 
 /// A fresh network namespace (loopback up) for a new sandbox.
@@ -79,7 +128,6 @@ pub fn take_netns() -> std::io::Result<OwnedFd> {
         let _ = std::thread::Builder::new().name("envbox-netns-pool".into()).spawn(move || refill(pool));
     }
     let spare = pool.ready.lock().unwrap_or_else(|p| p.into_inner()).pop();
-    pool.wanted.notify_one();
     match spare {
         Some(ns) => Ok(ns),
         None => make(),

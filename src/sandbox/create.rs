@@ -121,6 +121,7 @@ fn collect_garbage_once(root: &Path) {
 
 pub(super) fn create(config: &SandboxConfig, name: &str) -> Result<Sandbox> {
     require_root()?;
+    let _busy = crate::namespace::busy();
     validate_name(name)?;
     config.validate()?;
     // A bad policy file is refused before anything is started.

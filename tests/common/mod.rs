@@ -161,6 +161,19 @@ pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
 
+/// Open fds of this process other than the spare network namespaces the
+/// library keeps (their number follows the pool's refills, not leaks).
+pub fn fds_but_spares() -> usize {
+    // Counted twice, around the listing, until the pool holds still.
+    loop {
+        let before = envbox::namespace::spares();
+        let fds = fd_count();
+        if envbox::namespace::spares() == before {
+            return fds - before;
+        }
+    }
+}
+
 /// Asserts that this process's only child is its zygote and that the
 /// zygote has no child left (no agent outlived its sandbox).
 pub fn assert_no_child_but_the_zygote() {
