@@ -204,6 +204,8 @@ pub fn main() -> i32 {
 fn serve(sock: &OwnedFd) -> io::Result<()> {
     // Agents inherit the working directory: never pin the creator's.
     std::env::set_current_dir("/")?;
+    // Work every agent would repeat, done once here and inherited.
+    crate::security::seccomp::compile_default_ahead();
     // Our own PID namespace: after each fork into a new one, the namespace
     // of our next children is set back to it.
     let own_pidns = File::open("/proc/self/ns/pid")?;

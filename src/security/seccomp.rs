@@ -307,11 +307,27 @@ fn x32_guard() -> BpfProgram {
 /// The programs the agent's children install, compiled before any fork.
 static PROGRAMS: std::sync::OnceLock<Vec<BpfProgram>> = std::sync::OnceLock::new();
 
+/// The default policy, compiled by the zygote before it forks agents, so
+/// that each of them starts with it (~0.1 ms of a create). Set only when
+/// the compile succeeded: a missing entry means "compile it", never "no
+/// filter".
+static DEFAULT_PROGRAMS: std::sync::OnceLock<Vec<BpfProgram>> = std::sync::OnceLock::new();
+
+/// Compiles the default policy ahead (see [`DEFAULT_PROGRAMS`]).
+pub fn compile_default_ahead() {
+    if let Ok(programs) = compile(&SeccompPolicy::Default) {
+        let _ = DEFAULT_PROGRAMS.set(programs);
+    }
+}
+
 /// Compiles `policy` and keeps the result for [`apply`]. Called once, by
 /// the agent, before it starts any user process. Returns how many programs
 /// will be installed.
 pub fn prepare(policy: &SeccompPolicy) -> Result<usize> {
-    let programs = compile(policy)?;
+    let programs = match (policy, DEFAULT_PROGRAMS.get()) {
+        (SeccompPolicy::Default, Some(ahead)) => ahead.clone(),
+        _ => compile(policy)?,
+    };
     let n = programs.len();
     let _ = PROGRAMS.set(programs);
     Ok(n)
@@ -338,6 +354,18 @@ mod tests {
             assert!(programs.iter().all(|p| !p.is_empty() && p.len() < 4096));
         }
         assert!(compile(&SeccompPolicy::Off).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_default_compiled_ahead_is_the_default_compiled_now() {
+        compile_default_ahead();
+        let ahead = DEFAULT_PROGRAMS.get().expect("the default policy compiles");
+        let now = compile(&SeccompPolicy::Default).unwrap();
+        let words = |ps: &[BpfProgram]| -> Vec<Vec<(u16, u8, u8, u32)>> {
+            ps.iter().map(|p| p.iter().map(|f| (f.code, f.jt, f.jf, f.k)).collect()).collect()
+        };
+        assert_eq!(words(ahead), words(&now));
+        assert!(!ahead.is_empty());
     }
 
     #[test]
