@@ -185,12 +185,13 @@ pub fn setup(cfg: &AgentConfig) -> Result<HostHandles> {
     }
     // Step 6: pivot_root, then detach the host's tree.
     pivot::pivot_into(&rootfs)?;
-    // Step 7: /dev first (the /proc masks bind /dev/null), then /proc, the
-    // masks, /sys.
+    // Step 7: /dev first (the /proc masks bind /dev/null), then /proc,
+    // /sys, the masks.
     mounts::mount_dev("")?;
     mounts::mount_proc()?;
-    mounts::mask_paths()?;
+    // /sys before the masks: some of them are inside it.
     mounts::mount_sys()?;
+    mounts::mask_paths()?;
     mounts::set_hostname(&cfg.name)?;
     // Step 8: the working directory (created in the upper layer if missing).
     ensure_workdir(&cfg.workdir);
