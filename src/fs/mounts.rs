@@ -6,8 +6,8 @@
 
 use std::io;
 use std::os::unix::fs::{symlink, DirBuilderExt};
-use std::path::Path;
 
+use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
@@ -51,8 +51,12 @@ pub fn mount_proc() -> Result<()> {
     // SysV shm segments die with their last user, so a reset leaves none.
     let _ = std::fs::write("/proc/sys/kernel/shm_rmid_forced", "1");
     for path in READONLY_PROC {
-        if Path::new(path).exists() {
-            bind_readonly(path)?;
+        match mount(Some(*path), *path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>) {
+            Ok(()) => remount_readonly(path)?,
+            // Not in this kernel: nothing to protect. (No stat first: one
+            // syscall per path on every create and reset.)
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(FsError::Bind { source_path: path.to_string(), target: path.to_string(), source: io_err(e) }),
         }
     }
     Ok(())
@@ -60,36 +64,21 @@ pub fn mount_proc() -> Result<()> {
 
 /// Masks the /proc and /sys paths that leak host kernel state. Needs /dev/null.
 pub fn mask_paths() -> Result<()> {
+    // A path this kernel lacks (ENOENT) needs no mask.
     for path in MASKED_PROC_FILES {
-        if Path::new(path).exists() {
-            mount(Some("/dev/null"), *path, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| FsError::Bind {
-                source_path: "/dev/null".into(),
-                target: path.to_string(),
-                source: io_err(e),
-            })?;
+        match mount(Some("/dev/null"), *path, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(FsError::Bind { source_path: "/dev/null".into(), target: path.to_string(), source: io_err(e) }),
         }
     }
     for path in MASKED_DIRS {
-        if Path::new(path).is_dir() {
-            let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-            mount(Some("tmpfs"), *path, Some("tmpfs"), flags, Some("size=0,mode=555")).map_err(mount_err(
-                "tmpfs",
-                path,
-                "size=0,mode=555",
-            ))?;
+        let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        match mount(Some("tmpfs"), *path, Some("tmpfs"), flags, Some("size=0,mode=555")) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(mount_err("tmpfs", path, "size=0,mode=555")(e)),
         }
     }
     Ok(())
-}
-
-/// Bind-mounts `path` on itself and makes the bind read-only.
-fn bind_readonly(path: &str) -> Result<()> {
-    mount(Some(path), path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(|e| FsError::Bind {
-        source_path: path.into(),
-        target: path.into(),
-        source: io_err(e),
-    })?;
-    remount_readonly(path)
 }
 
 fn remount_readonly(path: &str) -> Result<()> {
