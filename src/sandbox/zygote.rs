@@ -109,7 +109,10 @@ pub(crate) fn spawn(binary: &Path, namespaces: libc::c_int, fds: &[(BorrowedFd<'
             return None;
         }
         if slot.is_none() {
-            *slot = Some(start(binary).ok()?);
+            match start(binary) {
+                Ok(z) => *slot = Some(z),
+                Err(_) => break,
+            }
         }
         let zygote = slot.as_ref()?;
         match request(zygote, namespaces, fds) {
@@ -125,6 +128,9 @@ pub(crate) fn spawn(binary: &Path, namespaces: libc::c_int, fds: &[(BorrowedFd<'
             }
         }
     }
+    // A binary that cannot serve as a zygote (an older envbox, say) would
+    // cost every create two failed starts: exec agents from now on.
+    DISABLED.store(true, Ordering::Relaxed);
     None
 }
 
@@ -265,6 +271,12 @@ fn parse(msg: &[u8], nfds: usize) -> Option<(libc::c_int, Vec<RawFd>)> {
     }
     let word = |c: &[u8]| i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
     let namespaces = word(&msg[..4]);
+    // Namespace flags only: the zygote unshares what it is given.
+    let allowed =
+        libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET | libc::CLONE_NEWCGROUP;
+    if namespaces & !allowed != 0 {
+        return None;
+    }
     let targets: Vec<RawFd> = msg[4..].chunks_exact(4).map(word).collect();
     // Targets are small, distinct fd numbers.
     let distinct = targets.iter().enumerate().all(|(i, t)| !targets[..i].contains(t));
@@ -348,5 +360,7 @@ mod tests {
         assert_eq!(parse(&msg(&[0, 64]), 1), None, "a target out of range");
         assert_eq!(parse(&[1, 2, 3], 0), None, "a torn word");
         assert_eq!(parse(&[], 0), None, "no namespaces");
+        assert_eq!(parse(&msg(&[libc::CLONE_NEWUSER]), 0), None, "not a namespace it makes");
+        assert_eq!(parse(&msg(&[libc::CLONE_FILES | libc::CLONE_NEWNS]), 0), None, "not a namespace flag");
     }
 }

@@ -180,6 +180,12 @@ pub fn assert_no_child_but_the_zygote() {
     let me = i32::try_from(std::process::id()).unwrap();
     let zygote = envbox::sandbox::zygote::pid().expect("the creates went through a zygote");
     assert_eq!(child_processes(me), vec![zygote], "child processes left");
+    // A deleted sandbox's agent has exited; the zygote reaps it when its
+    // SIGCHLD comes through, a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !child_processes(zygote).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert_eq!(child_processes(zygote), Vec::<i32>::new(), "agents left");
 }
 
