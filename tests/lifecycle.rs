@@ -317,3 +317,56 @@ fn the_default_image_is_the_hosts_system_without_its_secrets() {
     sb.delete().unwrap();
     root.assert_clean();
 }
+
+#[test]
+fn a_binary_that_cannot_be_a_zygote_falls_back_to_exec() {
+    require_root!("a_binary_that_cannot_be_a_zygote_falls_back_to_exec");
+    // In a process of its own: the fallback is for the rest of a process.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "fallback_helper", "--nocapture", "--include-ignored"])
+        .env("ENVBOX_TEST_FALLBACK", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("fallback ok"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Not a test of its own: the process of the test above. Its agent binary
+/// is a script that runs envbox as an agent but refuses to be a zygote,
+/// as an older envbox would.
+#[test]
+#[ignore = "helper process for a_binary_that_cannot_be_a_zygote_falls_back_to_exec"]
+fn fallback_helper() {
+    if std::env::var_os("ENVBOX_TEST_FALLBACK").is_none() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let bin = tempfile::tempdir().unwrap();
+    let script = bin.path().join("envbox");
+    let calls = bin.path().join("calls");
+    let body = format!(
+        "#!/bin/sh\necho \"$1\" >> {}\n[ \"$1\" = __agent ] && exec {} \"$@\"\nexit 2\n",
+        calls.display(),
+        common::agent().display()
+    );
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = TestRoot::new("fallback");
+    let mut cfg = root.config(common::debian());
+    cfg.agent = Some(script);
+    let me = i32::try_from(std::process::id()).unwrap();
+    for name in ["one", "two"] {
+        let sb = Sandbox::create(&cfg, name).unwrap();
+        assert_eq!(sb.run("echo ok").unwrap().stdout_str(), "ok\n");
+        assert!(envbox::sandbox::zygote::pid().is_none(), "no zygote runs");
+        assert!(common::child_processes(me).contains(&sb.pid()), "the agent was exec'd by this process");
+        sb.delete_and_wait().unwrap();
+    }
+    root.assert_clean();
+    assert_eq!(common::child_processes(me), Vec::<i32>::new(), "nothing left");
+    // Two tries at a zygote in the first create, none after.
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    assert_eq!(calls.lines().filter(|l| *l == "__zygote").count(), 2, "{calls}");
+    assert_eq!(calls.lines().filter(|l| *l == "__agent").count(), 2, "{calls}");
+    println!("fallback ok");
+}
