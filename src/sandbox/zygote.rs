@@ -47,6 +47,9 @@ const FD_SOCKET: RawFd = 3;
 /// At most this many fds go with one request (the receiver's cmsg space).
 const MAX_FDS: usize = 16;
 
+/// How much higher than its creator's the zygote's priority is.
+const ZYGOTE_NICE_BOOST: i32 = 10;
+
 /// How long the creator waits for the zygote's answer to one fork.
 const ANSWER_TIMEOUT_MS: u16 = 10_000;
 
@@ -212,6 +215,10 @@ fn serve(sock: &OwnedFd) -> io::Result<()> {
     std::env::set_current_dir("/")?;
     // Work every agent would repeat, done once here and inherited.
     crate::security::seccomp::compile_default_ahead();
+    // Every create of a loaded creator queues on this one process; a
+    // higher priority keeps the queue short. Agents go back to ours.
+    let nice = sys::nice();
+    sys::set_nice(nice - ZYGOTE_NICE_BOOST);
     // Our own PID namespace: after each fork into a new one, the namespace
     // of our next children is set back to it.
     let own_pidns = File::open("/proc/self/ns/pid")?;
@@ -249,7 +256,7 @@ fn serve(sock: &OwnedFd) -> io::Result<()> {
             Err(e) => return Err(e),
         };
         let answer = match parse(&msg[..n], fds.len()) {
-            Some((namespaces, targets)) => fork_agent(namespaces, &targets, &fds, &own_pidns),
+            Some((namespaces, targets)) => fork_agent(namespaces, &targets, &fds, &own_pidns, nice),
             None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         };
         drop(fds);
@@ -293,7 +300,7 @@ fn reap() {
 }
 
 /// Forks one agent into new namespaces. Returns its pid and a pidfd.
-fn fork_agent(namespaces: libc::c_int, targets: &[RawFd], fds: &[OwnedFd], own_pidns: &File) -> io::Result<(i32, OwnedFd)> {
+fn fork_agent(namespaces: libc::c_int, targets: &[RawFd], fds: &[OwnedFd], own_pidns: &File, nice: i32) -> io::Result<(i32, OwnedFd)> {
     let flags = CloneFlags::from_bits_truncate(namespaces);
     let others = flags - CloneFlags::CLONE_NEWPID;
     // A new PID namespace applies to the children made after unshare, so the
@@ -326,6 +333,7 @@ fn fork_agent(namespaces: libc::c_int, targets: &[RawFd], fds: &[OwnedFd], own_p
         }
         None => {
             let pairs: Vec<(RawFd, RawFd)> = fds.iter().map(AsRawFd::as_raw_fd).zip(targets.iter().copied()).collect();
+            sys::set_nice(nice);
             // `ps` inside and outside shows PID 1 as what it now is.
             let _ = sys::rewrite_cmdline(&["envbox", crate::agent::AGENT_SUBCOMMAND]);
             let code = match sys::install_fds(&pairs)

@@ -180,6 +180,25 @@ pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The calling process's nice value.
+pub fn nice() -> i32 {
+    // SAFETY: getpriority only reads; errno is cleared first because -1 is
+    // a valid result.
+    unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, 0)
+    }
+}
+
+/// Sets the calling process's nice value (clamped to -20..=19); a failure
+/// (no privilege to raise it) leaves it as it was.
+pub fn set_nice(value: i32) {
+    // SAFETY: setpriority on our own process.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, value.clamp(-20, 19));
+    }
+}
+
 /// `fork(2)`, for a process that has exactly one thread (the zygote).
 ///
 /// Returns `Some(pid)` in the parent and `None` in the child. With one
