@@ -22,6 +22,15 @@ fn agents_are_forked_by_a_zygote_that_a_crash_replaces() {
     let zygote = envbox::sandbox::zygote::pid().expect("a library create starts a zygote");
     assert_eq!(ppid(zygote), me, "the zygote is this process's child");
     assert_eq!((ppid(a.pid()), ppid(b.pid())), (zygote, zygote), "agents are the zygote's children");
+    // The zygote runs at a higher priority; its agents (and so the
+    // sandboxes' processes) at ours.
+    let nice = |pid: i32| -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit(") ").next().unwrap().split(' ').nth(16).unwrap().parse().unwrap()
+    };
+    assert_eq!(nice(zygote), (nice(me) - 10).max(-20));
+    a.run("true").unwrap();
+    assert_eq!((nice(a.pid()), nice(common::children(a.pid())[0])), (nice(me), nice(me)));
     // A forked agent holds exactly the fds an exec'd one does: none of the
     // zygote's (its socket, its signalfd, its namespace handle).
     let fds = |pid: i32| -> Vec<String> {
