@@ -180,18 +180,16 @@ pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The calling process's nice value.
+/// The calling thread's nice value (Linux keeps one per thread). It cannot
+/// fail for the caller itself.
 pub fn nice() -> i32 {
-    // SAFETY: getpriority only reads; errno is cleared first because -1 is
-    // a valid result.
-    unsafe {
-        *libc::__errno_location() = 0;
-        libc::getpriority(libc::PRIO_PROCESS, 0)
-    }
+    // SAFETY: getpriority only reads the caller's scheduling attributes.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
 }
 
-/// Sets the calling process's nice value (clamped to -20..=19); a failure
-/// (no privilege to raise it) leaves it as it was.
+/// Sets the calling thread's nice value (clamped to -20..=19), which the
+/// threads and processes it starts inherit; a failure (no privilege to
+/// raise it) leaves it as it was.
 pub fn set_nice(value: i32) {
     // SAFETY: setpriority on our own process.
     unsafe {
