@@ -94,7 +94,12 @@ pub fn main() -> i32 {
     // Commands that create many sandboxes keep what makes the next create
     // cheaper (spare network namespaces, the zygote); the others would only
     // pay for it.
-    if !matches!(cli.command, Command::Bench(_) | Command::Fork(_) | Command::Build(_)) {
+    let creates_many = match &cli.command {
+        Command::Bench(_) | Command::Fork(_) | Command::Build(_) => true,
+        Command::Run(a) => a.creates_many(),
+        _ => false,
+    };
+    if !creates_many {
         envbox::one_shot_process();
     }
     if let Err(e) = envbox::sandbox::require_root() {

@@ -62,6 +62,13 @@ fn default_name(dir: Option<&Path>) -> String {
     }
 }
 
+impl Args {
+    /// Whether this run creates more than one sandbox.
+    pub fn creates_many(&self) -> bool {
+        self.replicas > 1
+    }
+}
+
 pub fn run(root: &Path, mut a: Args) -> Result<i32> {
     let name = a.name.clone().unwrap_or_else(|| default_name(a.dir.as_deref()));
     config::validate_name(&name)?;
