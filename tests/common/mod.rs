@@ -151,9 +151,12 @@ fn children_of_task(task: &Path) -> Vec<i32> {
     std::fs::read_to_string(task.join("children")).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
 }
 
+/// Whether any thread of process `pid` is still running. A zombie leader
+/// whose other threads are still exiting counts: they hold its fds (a
+/// sandbox's lock) until the last one is gone.
 pub fn process_exists(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+    threads > 1 || (threads == 1 && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z "))
 }
 
 /// Open fds of this process.
