@@ -18,7 +18,7 @@ use nix::sys::stat::Mode;
 use crate::sys;
 
 /// How many spare namespaces the pool keeps.
-const SPARES: usize = 4;
+pub const SPARES: usize = 4;
 
 struct Pool {
     ready: Mutex<Vec<OwnedFd>>,

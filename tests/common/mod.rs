@@ -166,15 +166,14 @@ pub fn fd_count() -> usize {
 
 /// Open fds of this process other than the spare network namespaces the
 /// library keeps (their number follows the pool's refills, not leaks).
+/// Counted once the pool is full: a refill in progress holds fds of the
+/// namespace it is making.
 pub fn fds_but_spares() -> usize {
-    // Counted twice, around the listing, until the pool holds still.
-    loop {
-        let before = envbox::namespace::spares();
-        let fds = fd_count();
-        if envbox::namespace::spares() == before {
-            return fds - before;
-        }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while envbox::namespace::spares() < envbox::namespace::SPARES && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    fd_count() - envbox::namespace::spares()
 }
 
 /// Asserts that this process's only child is its zygote and that the
