@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use envbox_rootfs::digest::Hasher;
 use nix::errno::Errno;
 
+use crate::sandbox::files::FileKind;
 use crate::sys::openat2::{openat2, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS};
 
 /// `.dockerignore` patterns, in order; the last one that matches a path decides.
@@ -225,16 +226,6 @@ fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// What a context entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Dir,
-    File,
-    Symlink,
-    /// FIFOs, sockets, devices: left out, as Docker does.
-    Other,
-}
-
 /// The build context, held open: every entry is opened relative to it with
 /// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so neither a symlink in the context
 /// (`hostetc -> /etc`, then `COPY hostetc/shadow`) nor one swapped in while the build runs
@@ -260,7 +251,7 @@ impl Context {
     }
 
     /// The kind of an entry; `None` when it does not exist.
-    fn kind(&self, src: &str, rel: &str) -> Result<Option<(Kind, fs::Metadata)>, ContextError> {
+    fn kind(&self, src: &str, rel: &str) -> Result<Option<(FileKind, fs::Metadata)>, ContextError> {
         let fd = match self.open_rel(rel, libc::O_PATH) {
             Ok(fd) => fd,
             Err((Errno::ENOENT | Errno::ENOTDIR, _)) => return Ok(None),
@@ -268,17 +259,7 @@ impl Context {
             Err((e, p)) => return Err(ContextError::Io { path: p, source: e.into() }),
         };
         let md = fs::File::from(fd).metadata().map_err(io_err(rel))?;
-        let ft = md.file_type();
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_file() {
-            Kind::File
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else {
-            Kind::Other
-        };
-        Ok(Some((kind, md)))
+        Ok(Some((md.file_type().into(), md)))
     }
 
     /// Opens a context file for reading (never through a symlink).
@@ -329,7 +310,7 @@ pub fn find(ctx: &Context, ignore: &Ignore, src: &str) -> Result<Vec<Found>, Con
                 for name in names.into_iter().filter(|n| glob(pat, n)) {
                     let rel = join(dir, &name);
                     let last = i + 1 == comps.len();
-                    if !last && !matches!(ctx.kind(src, &rel)?, Some((Kind::Dir, _))) {
+                    if !last && !matches!(ctx.kind(src, &rel)?, Some((FileKind::Directory, _))) {
                         continue;
                     }
                     next.push(rel);
@@ -339,7 +320,7 @@ pub fn find(ctx: &Context, ignore: &Ignore, src: &str) -> Result<Vec<Found>, Con
         }
         for rel in level {
             if !ignore.excluded(&rel) {
-                let is_dir = matches!(ctx.kind(src, &rel)?, Some((Kind::Dir, _)));
+                let is_dir = matches!(ctx.kind(src, &rel)?, Some((FileKind::Directory, _)));
                 found.push(Found { rel, is_dir });
             }
         }
@@ -347,7 +328,7 @@ pub fn find(ctx: &Context, ignore: &Ignore, src: &str) -> Result<Vec<Found>, Con
         let rel = comps.join("/");
         if let Some((kind, _)) = ctx.kind(src, &rel)? {
             if rel.is_empty() || !ignore.excluded(&rel) {
-                found.push(Found { rel, is_dir: kind == Kind::Dir });
+                found.push(Found { rel, is_dir: kind == FileKind::Directory });
             }
         }
     }
@@ -395,7 +376,7 @@ impl Stager<'_> {
         record(&mut self.hash, "name", rel.as_bytes());
         record(&mut self.hash, "mode", &md.mode().to_le_bytes());
         match kind {
-            Kind::Dir => {
+            FileKind::Directory => {
                 clear(dest, true).map_err(dest_err)?;
                 if !dest.is_dir() {
                     fs::create_dir(dest).map_err(dest_err)?;
@@ -406,21 +387,21 @@ impl Stager<'_> {
                     // An excluded directory is still walked when a `!` pattern may bring
                     // back something below it.
                     if self.ignore.excluded(&child)
-                        && (!self.ignore.has_exceptions() || !matches!(self.context.kind(src, &child)?, Some((Kind::Dir, _))))
+                        && (!self.ignore.has_exceptions() || !matches!(self.context.kind(src, &child)?, Some((FileKind::Directory, _))))
                     {
                         continue;
                     }
                     self.stage(src, &child, &dest.join(&name))?;
                 }
             }
-            Kind::Symlink => {
+            FileKind::Symlink => {
                 let fd = self.context.open_rel(rel, libc::O_PATH).map_err(|(e, p)| ContextError::Io { path: p, source: e.into() })?;
                 let target = nix::fcntl::readlinkat(Some(fd.as_raw_fd()), "").map_err(|e| io_err(rel)(e.into()))?;
                 record(&mut self.hash, "link", target.as_bytes());
                 clear(dest, false).map_err(dest_err)?;
                 std::os::unix::fs::symlink(&target, dest).map_err(dest_err)?;
             }
-            Kind::File => {
+            FileKind::File => {
                 let mut from = self.context.open_file(rel).map_err(io_err(rel))?;
                 // It may have been swapped since it was looked at: check what was opened.
                 let opened = from.metadata().map_err(io_err(rel))?;
@@ -450,7 +431,7 @@ impl Stager<'_> {
                 to.set_permissions(fs::Permissions::from_mode(opened.mode() & 0o7777)).map_err(dest_err)?;
             }
             // FIFOs, sockets and devices in a context are left out, as Docker does.
-            Kind::Other => {}
+            FileKind::Other => {}
         }
         Ok(())
     }

@@ -277,6 +277,20 @@ pub enum FileKind {
     Other,
 }
 
+impl From<std::fs::FileType> for FileKind {
+    fn from(ft: std::fs::FileType) -> Self {
+        if ft.is_file() {
+            FileKind::File
+        } else if ft.is_dir() {
+            FileKind::Directory
+        } else if ft.is_symlink() {
+            FileKind::Symlink
+        } else {
+            FileKind::Other
+        }
+    }
+}
+
 /// Metadata of a sandbox path, as returned by [`RootFs::metadata`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStat {
@@ -415,17 +429,7 @@ impl RootFs {
         // O_PATH | O_NOFOLLOW yields a handle on the symlink itself rather than ELOOP.
         let fd = self.resolve(&cpath, libc::O_PATH | libc::O_NOFOLLOW).map_err(|e| open_error(path, e))?;
         let meta = File::from(fd).metadata().map_err(|source| FilesError::Stat { path: path.to_owned(), source })?;
-        let ft = meta.file_type();
-        let kind = if ft.is_file() {
-            FileKind::File
-        } else if ft.is_dir() {
-            FileKind::Directory
-        } else if ft.is_symlink() {
-            FileKind::Symlink
-        } else {
-            FileKind::Other
-        };
-        Ok(FileStat { kind, size: meta.len(), mode: meta.mode() & 0o7777 })
+        Ok(FileStat { kind: meta.file_type().into(), size: meta.len(), mode: meta.mode() & 0o7777 })
     }
 
     /// Copies a host file or directory tree into the sandbox, like `cp -r HOST_SRC PATH`.
